@@ -1,0 +1,5 @@
+"""The one exception type for a user's mistake: its message is shown alone, without a traceback."""
+
+
+class GzooError(Exception):
+    """A problem the user can fix (a missing file, a bad value, an option out of range)."""

@@ -1,0 +1,182 @@
+"""Training entry point: ``python -m gzoo.train phase=finetune`` (then ``phase=fulltune``).
+
+The data module, the module and the Trainer are built here in plain code, so a run
+can be followed with go-to-definition; only swappable parts (callbacks, loggers)
+come from ``_target_`` entries in the config.
+
+Order of work: validate the data -> check the output folder -> build the model ->
+fit -> score the best checkpoint -> write metrics.json. Nothing is written to the
+run folder before the data is known to be good.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gzoo import schema
+from gzoo.data import GalaxyZooDataModule
+from gzoo.errors import GzooError
+from gzoo.module import GalaxyZooModule
+
+
+def say(msg: str) -> None:
+    print(f"[gzoo] {msg}", flush=True)
+
+
+def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the backbone was trained with (timm's pretrained config is the truth)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+    except RuntimeError as e:  # e.g. a tag that does not exist for this architecture
+        raise GzooError(f"model.timm_name={timm_name!r}: {e}") from None
+    if cfg is None:
+        raise GzooError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_pretrained('*efficientnet*').")
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def build_datamodule(cfg: DictConfig, mean, std) -> GalaxyZooDataModule:
+    d = cfg.data
+    return GalaxyZooDataModule(
+        root=d.root,
+        labels_csv=d.labels_csv,
+        images_dir=d.images_dir,
+        missing_labels=d.missing_labels,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
+        limit=d.limit,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        image_size=d.image_size,
+        mean=mean,
+        std=std,
+        crop_fraction=d.crop_fraction,
+        augment=OmegaConf.to_container(d.augment, resolve=True),
+    )
+
+
+def build_module(cfg: DictConfig, mean, std, pretrained: bool) -> GalaxyZooModule:
+    m = cfg.model
+    return GalaxyZooModule(
+        timm_name=m.timm_name,
+        pretrained=pretrained,
+        weights=m.weights if pretrained else None,
+        image_size=m.image_size,
+        mean=mean,
+        std=std,
+        crop_fraction=cfg.data.crop_fraction,
+        dropout=m.dropout,
+        hidden=m.hidden,
+        lr=m.lr,
+        lr_factor=m.lr_factor,
+        lr_patience=m.lr_patience,
+        freeze_body=cfg.phase.freeze_body,
+    )
+
+
+def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
+    """Copy the weights of an earlier phase's checkpoint into ``module``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = ckpt.get("hyper_parameters", {}).get("timm_name")
+    if theirs != module.hparams.timm_name:
+        raise GzooError(f"phase.init_from={path} holds a {theirs} model, but this run builds {module.hparams.timm_name}.")
+    module.load_state_dict(ckpt["state_dict"])
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier run unless ``overwrite=true`` (which deletes its results)."""
+    earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json") if (run_dir / n).exists()]
+    if earlier and not overwrite:
+        raise GzooError(f"{run_dir} already holds a run; pass overwrite=true to replace it, or name=<new name> to keep both.")
+    for p in earlier:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def baseline_rmse(dm: GalaxyZooDataModule, part: str) -> float:
+    """RMSE of predicting each column's training mean for every galaxy of ``part``."""
+    labels = dm.catalog.set_index(schema.ID_COLUMN).loc[dm.splits[part], schema.COLUMNS].to_numpy()
+    return float(np.sqrt(np.nanmean((labels - dm.train_mean()) ** 2)))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one phase as configured; returns the final metrics (also written to metrics.json)."""
+    run_dir = Path(cfg.run_dir)
+    say(f"{cfg.phase.name} of {cfg.model.timm_name}: outputs go to {run_dir}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    mean, std = backbone_norm(cfg.model.timm_name)
+    dm = build_datamodule(cfg, mean, std)
+    dm.setup()  # validates catalogue and images; raises GzooError before anything is written
+    say(f"data: {len(dm.splits['train'])} train / {len(dm.splits['val'])} val / {len(dm.splits['test'])} test galaxies from {dm.root}")
+
+    init_from = Path(cfg.phase.init_from) if cfg.phase.init_from else None
+    if init_from is not None and not init_from.is_file():
+        raise GzooError(
+            f"phase={cfg.phase.name} starts from {init_from}, which does not exist; make it first with "
+            f"`python -m gzoo.train phase=finetune model={cfg.model.name} name={cfg.name}` (same data options), "
+            "or point phase.init_from at a checkpoint."
+        )
+
+    # Weights: from the earlier phase if there is one, else pretrained (or from scratch) as asked.
+    module = build_module(cfg, mean, std, pretrained=cfg.model.pretrained and init_from is None)
+    if init_from is not None:
+        load_init_weights(module, init_from)
+        say(f"weights from {init_from}")
+
+    prepare_run_dir(run_dir, cfg.overwrite)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(module, datamodule=dm)
+
+    ckpt = trainer.checkpoint_callback
+    metrics = {
+        "val/rmse": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else float("nan"),
+        "val/rmse_baseline": baseline_rmse(dm, "val"),
+        "epochs": trainer.current_epoch,
+    }
+    if len(dm.splits["test"]):
+        (result,) = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt else None, verbose=False)
+        metrics["test/rmse"] = float(result["test/rmse"])
+        metrics["test/rmse_baseline"] = baseline_rmse(dm, "test")
+    metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    say(f"best val/rmse {metrics['val/rmse']:.5f} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
+    if "test/rmse" in metrics:
+        say(f"test/rmse {metrics['test/rmse']:.5f} (baseline {metrics['test/rmse_baseline']:.5f})")
+    say(f"outputs in {run_dir} (checkpoints/, tensorboard/, metrics.json); view with `tensorboard --logdir {run_dir.parent.parent}`")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/rmse"]
+    except GzooError as e:
+        print(f"[gzoo] error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared test helpers: a tiny Kaggle-layout data set and the real config, shrunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from gzoo import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SAMPLE = ROOT.parent / "shared" / "data" / "gz2-sample"
+
+# Every training test uses timm's tiny EfficientNet at a small input size, on the CPU.
+TINY = [
+    "model.timm_name=test_efficientnet",
+    "model.image_size=32",
+    "model.pretrained=false",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+]
+
+
+def random_fractions(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Tree-consistent vote fractions for n galaxies (each question a Dirichlet draw times its parent)."""
+    values = np.zeros((n, schema.NUM_ANSWERS))
+    for q, sl in schema.questions_parent_first():
+        parent = 1.0 if q.parent is None else values[:, schema.COLUMN_INDEX[q.parent]][:, None]
+        values[:, sl] = rng.dirichlet(np.ones(len(q.answers)), size=n) * parent
+    return values
+
+
+def write_kaggle(root: Path, n: int = 40, seed: int = 0, size: int = 424, unknown: float = 0.0) -> Path:
+    """A Kaggle-layout folder: labels CSV + images_training_rev1/<id>.jpg (blobs whose brightness follows Class1.1)."""
+    rng = np.random.default_rng(seed)
+    ids = 100000 + np.arange(n) * 7
+    values = random_fractions(n, rng)
+    (root / "images_training_rev1").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    for gid, v in zip(ids, values):
+        blob = np.exp(-(xx**2 + yy**2) / (2 * (size / 12) ** 2)) * (80 + 170 * v[0])
+        img = np.clip(blob[..., None] + rng.normal(0, 5, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images_training_rev1" / f"{gid}.jpg", quality=85)
+    df = pd.DataFrame(values, columns=schema.COLUMNS).round(6).astype(object)
+    if unknown:
+        df = df.mask(pd.DataFrame(rng.random(df.shape) < unknown, columns=df.columns), "")
+    df.insert(0, schema.ID_COLUMN, ids)
+    df.to_csv(root / "training_solutions_rev1.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    return write_kaggle(tmp_path / "gz2")
+
+
+def make_cfg(tmp_path: Path, data_root: Path, *overrides: str):
+    """The real conf/train.yaml composed with Hydra, shrunk to a tiny CPU run writing under tmp_path."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[*TINY, f"paths.output_root={tmp_path / 'outputs'}", f"data.root={data_root}", *overrides],
+        )
