@@ -1,7 +1,7 @@
 """GalaxyZooModule: a timm EfficientNet body, the recipe's small tail, the masked loss and RMSE.
 
 Body:  timm.create_model(name, num_classes=0) -> global-average-pooled features
-Tail:  dropout 0.5 -> dense 64 + ReLU -> dense 37 -> sigmoid
+Tail:  dropout 0.5 -> dense 64 + ReLU -> dense 37 -> head (sigmoid, or the decision-tree head; see heads.py)
 Loss:  mean squared error over the known cells (unknown cells have mask 0)
 RMSE:  sqrt(sum of squared errors / number of known cells) over the whole epoch,
        one number as Kaggle scores it, never a mean of per-batch values.
@@ -22,6 +22,7 @@ from torchmetrics import Metric
 
 from gzoo import schema
 from gzoo.errors import GzooError
+from gzoo.heads import HEADS
 
 
 class MaskedRMSE(Metric):
@@ -131,9 +132,18 @@ class GalaxyZooModule(L.LightningModule):
         lr_factor: float = 0.8,
         lr_patience: int = 4,
         freeze_body: bool = False,
+        head: str = "sigmoid",
+        tree_after_epochs: int = 0,
     ):
         super().__init__()
+        if head not in HEADS:
+            raise GzooError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}.")
+        if tree_after_epochs < 0:
+            raise GzooError(f"model.tree_after_epochs must be >= 0, got {tree_after_epochs}.")
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
+        # The head in use: sigmoid for the first tree_after_epochs epochs of a tree run (see
+        # on_train_epoch_start); checkpoints record it, so a loaded model uses the head it was saved with.
+        self.active_head = head
         self.body = create_body(timm_name, pretrained, weights)
         self.head = nn.Sequential(
             nn.Dropout(dropout),
@@ -142,7 +152,7 @@ class GalaxyZooModule(L.LightningModule):
             nn.Linear(hidden, schema.NUM_ANSWERS),
         )
         if freeze_body:
-            self.body.requires_grad_(False)
+            self.body.requires_grad_(False).eval()
         self.train_rmse, self.val_rmse, self.test_rmse = MaskedRMSE(), MaskedRMSE(), MaskedRMSE()
 
     @classmethod
@@ -161,7 +171,17 @@ class GalaxyZooModule(L.LightningModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.body(x)).float())
+        return HEADS[self.active_head](self.head(self.body(x)).float())
+
+    def on_train_epoch_start(self) -> None:
+        early = self.current_epoch < self.hparams.tree_after_epochs
+        self.active_head = "sigmoid" if early else self.hparams.head
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["active_head"] = self.active_head
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.active_head = checkpoint.get("active_head", self.hparams.head)
 
     def _step(self, batch: dict, metric: MaskedRMSE) -> torch.Tensor:
         pred = self(batch["image"])

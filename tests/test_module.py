@@ -1,0 +1,147 @@
+"""GalaxyZooModule: tail, masked loss and RMSE, freezing, pretrained weights."""
+
+import copy
+
+import lightning as L
+import numpy as np
+import pytest
+import timm
+import torch
+from torch.utils.data import DataLoader
+
+from gzoo import module as gm
+from gzoo.errors import GzooError
+from gzoo.module import GalaxyZooModule, MaskedRMSE, masked_mse
+
+TINY = dict(timm_name="test_efficientnet", pretrained=False, image_size=32)
+
+
+def fake_batches(n=24, bs=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    items = [
+        {"image": torch.randn(3, 32, 32, generator=g), "target": torch.rand(37, generator=g), "mask": (torch.rand(37, generator=g) > 0.2).float(), "id": i}
+        for i in range(n)
+    ]
+    return DataLoader(items, batch_size=bs)
+
+
+def test_outputs_are_37_fractions():
+    m = GalaxyZooModule(**TINY).eval()
+    out = m(torch.randn(5, 3, 32, 32))
+    assert out.shape == (5, 37) and out.min() >= 0 and out.max() <= 1
+    assert [type(x).__name__ for x in m.head] == ["Dropout", "Linear", "ReLU", "Linear"]
+    assert m.head[1].out_features == 64 and m.head[0].p == 0.5
+
+
+def test_masked_cells_change_neither_loss_nor_metric():
+    pred, target = torch.rand(6, 37), torch.rand(6, 37)
+    mask = (torch.rand(6, 37) > 0.3).float()
+    other = torch.where(mask.bool(), target, torch.rand(6, 37))  # differs only where mask is 0
+    assert masked_mse(pred, target, mask) == masked_mse(pred, other, mask)
+    a, b = MaskedRMSE(), MaskedRMSE()
+    a.update(pred, target, mask), b.update(pred, other, mask)
+    assert a.compute() == b.compute()
+    assert masked_mse(pred, other, torch.ones_like(mask)) != masked_mse(pred, target, torch.ones_like(mask))
+
+
+def test_rmse_is_over_all_values_of_the_epoch_not_a_mean_of_batches():
+    rng = np.random.default_rng(1)
+    metric, preds, targets, masks = MaskedRMSE(), [], [], []
+    for n in (3, 11, 1):  # uneven batches: a mean of per-batch RMSEs would differ
+        p, t, m = rng.random((n, 37)), rng.random((n, 37)), (rng.random((n, 37)) > 0.4).astype(float)
+        metric.update(torch.tensor(p), torch.tensor(t), torch.tensor(m))
+        preds.append(p), targets.append(t), masks.append(m)
+    p, t, m = (np.concatenate(x) for x in (preds, targets, masks))
+    expected = np.sqrt(((p - t) ** 2)[m == 1].mean())
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-12)
+
+
+class BodyModeSpy(L.Callback):
+    """Records, at every training forward pass of the body, whether any body module is in train mode."""
+
+    def __init__(self):
+        self.body_training = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def record(body, args):
+            if trainer.training:
+                self.body_training.append(any(m.training for m in body.modules()))
+
+        pl_module.body.register_forward_pre_hook(record)
+
+
+def fit_few_steps(m):
+    spy = BodyModeSpy()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[spy])
+    trainer.fit(m, fake_batches(), fake_batches(8))
+    return trainer, spy
+
+
+def test_frozen_body_keeps_weights_and_batchnorm_statistics_while_the_tail_learns():
+    m = GalaxyZooModule(**TINY, freeze_body=True)
+    body_before = copy.deepcopy(m.body.state_dict())  # parameters and BatchNorm running stats
+    head_before = copy.deepcopy(m.head.state_dict())
+    m.train()  # as any caller may do; the frozen body must stay in eval mode
+    trainer, spy = fit_few_steps(m)
+    assert trainer.global_step == 6
+    assert spy.body_training and not any(spy.body_training)  # BatchNorm in eval mode on every step
+    assert any(k.endswith("running_mean") for k in body_before)
+    for k, v in m.body.state_dict().items():
+        assert torch.equal(v, body_before[k]), f"body {k} changed"
+    assert any(not torch.equal(v, head_before[k]) for k, v in m.head.state_dict().items())
+    opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in m.head.parameters()}
+
+
+def test_unfrozen_body_trains():
+    m = GalaxyZooModule(**TINY, freeze_body=False)
+    before = copy.deepcopy(m.body.state_dict())
+    trainer, spy = fit_few_steps(m)
+    assert all(spy.body_training)
+    assert any(not torch.equal(v, before[k]) for k, v in m.body.state_dict().items() if "running" not in k)
+    assert len([p for g in trainer.optimizers[0].param_groups for p in g["params"]]) == len(list(m.parameters()))
+
+
+def test_lr_is_cut_by_0_8_after_4_epochs_without_improvement():
+    m = GalaxyZooModule(**TINY)
+    m.trainer = None
+    sched = m.configure_optimizers()["lr_scheduler"]
+    s = sched["scheduler"]
+    assert sched["monitor"] == "val/rmse"
+    for rmse in (0.5, 0.6, 0.6, 0.6, 0.6):
+        s.step(rmse)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
+    s.step(0.6)  # the 5th epoch without a better value
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4 * 0.8)
+
+
+def test_unfetchable_weights_stop_with_one_sentence_and_never_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(gm, "_weights_in_cache", lambda name: False)
+    created = []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: created.append(k) or pytest.fail("must not build a model"))
+    with pytest.raises(GzooError, match=r"could not fetch the pretrained weights of tf_efficientnet_b0.in1k .*model.pretrained=false.*model.weights=PATH") as e:
+        GalaxyZooModule(timm_name="tf_efficientnet_b0.in1k", pretrained=True)
+    assert "\n" not in str(e.value) and not created
+
+
+def test_local_weights_file_is_loaded_and_its_classifier_ignored(tmp_path):
+    source = timm.create_model("test_efficientnet", pretrained=False)  # with its 1000-class classifier
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    m = GalaxyZooModule(timm_name="test_efficientnet", pretrained=True, weights=str(path))
+    for k, v in m.body.state_dict().items():
+        assert torch.equal(v, source.state_dict()[k])
+    with pytest.raises(GzooError, match="model.weights=.*not found"):
+        GalaxyZooModule(timm_name="test_efficientnet", weights=str(tmp_path / "nope.pth"))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = GalaxyZooModule(**TINY, dropout=0.3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(m, fake_batches(), fake_batches(8))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = GalaxyZooModule.from_checkpoint(tmp_path / "m.ckpt").eval()
+    assert loaded.hparams.dropout == 0.3 and loaded.hparams.pretrained is False
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), m.eval()(x))

@@ -1,0 +1,106 @@
+"""End to end: the real config, shrunk, through gzoo.train.train()."""
+
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from gzoo import schema
+from gzoo.data import GalaxyZooDataset, read_catalog, split_ids
+from gzoo.errors import GzooError
+from gzoo.module import GalaxyZooModule
+from gzoo.train import train
+from gzoo.transforms import eval_transform
+from tests.conftest import ROOT, make_cfg, write_kaggle
+
+
+@pytest.fixture(scope="module")
+def masked_data(tmp_path_factory):
+    return write_kaggle(tmp_path_factory.mktemp("gz2"), n=48, unknown=0.15)
+
+
+def numpy_val_rmse(ckpt, data_root, cfg):
+    """sqrt(mean((p - a)^2)) over the known values of the whole validation part, computed outside Lightning."""
+    model = GalaxyZooModule.from_checkpoint(ckpt).eval()
+    cat = read_catalog(data_root / "training_solutions_rev1.csv", "mask").set_index("GalaxyID")
+    val_ids = split_ids(cat.index.to_numpy(), cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)["val"]
+    tf = eval_transform(32, model.hparams.mean, model.hparams.std, 0.5)
+    ds = GalaxyZooDataset([data_root / "images_training_rev1" / f"{i}.jpg" for i in val_ids], None, val_ids, tf)
+    with torch.no_grad():
+        preds = model(torch.stack([ds[i]["image"] for i in range(len(ds))])).numpy().astype(np.float64)
+    truth = cat.loc[val_ids, schema.COLUMNS].to_numpy()
+    known = ~np.isnan(truth)
+    return float(np.sqrt(((preds - truth)[known] ** 2).mean()))
+
+
+def test_finetune_then_fulltune(tmp_path, masked_data, monkeypatch):
+    cfg = make_cfg(tmp_path, masked_data, "data.missing_labels=mask", "data.val_fraction=0.25", "trainer.max_epochs=2")
+    metrics = train(cfg)
+    run = tmp_path / "outputs/default/b0/finetune"
+    assert (run / "checkpoints/best.ckpt").is_file() and (run / "checkpoints/last.ckpt").is_file()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+    # the logged val/rmse of the best epoch is the plain RMSE over the known values of the validation set
+    assert metrics["val/rmse"] == pytest.approx(numpy_val_rmse(run / "checkpoints/best.ckpt", masked_data, cfg), abs=1e-6)
+    assert 0 < metrics["val/rmse_baseline"] < 1
+
+    # fulltune: the weights at the start of fit are those of the finetune checkpoint, and all are trainable
+    seen = {}
+    real_fit = L.Trainer.fit
+
+    def spy_fit(self, model, *a, **k):
+        seen["state"] = {k_: v.clone() for k_, v in model.state_dict().items()}
+        seen["frozen"] = [n for n, p in model.named_parameters() if not p.requires_grad]
+        return real_fit(self, model, *a, **k)
+
+    monkeypatch.setattr(L.Trainer, "fit", spy_fit)
+    train(make_cfg(tmp_path, masked_data, "data.missing_labels=mask", "data.val_fraction=0.25", "phase=fulltune"))
+    finetuned = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert seen["state"].keys() == finetuned.keys()
+    assert all(torch.equal(seen["state"][k], v) for k, v in finetuned.items())
+    assert seen["frozen"] == []
+    assert (tmp_path / "outputs/default/b0/fulltune/checkpoints/best.ckpt").is_file()
+
+
+def test_fulltune_without_finetune_says_which_command_makes_it(tmp_path, kaggle_dir):
+    with pytest.raises(GzooError, match=r"finetune/checkpoints/best.ckpt, which does not exist; make it first with `python -m gzoo.train phase=finetune model=b0"):
+        train(make_cfg(tmp_path, kaggle_dir, "phase=fulltune"))
+
+
+def test_an_earlier_run_is_not_overwritten_unless_asked(tmp_path, kaggle_dir):
+    train(make_cfg(tmp_path, kaggle_dir))
+    best = tmp_path / "outputs/default/b0/finetune/checkpoints/best.ckpt"
+    stamp = best.stat().st_mtime_ns
+    with pytest.raises(GzooError, match="already holds a run; pass overwrite=true"):
+        train(make_cfg(tmp_path, kaggle_dir))
+    assert best.stat().st_mtime_ns == stamp
+    train(make_cfg(tmp_path, kaggle_dir, "overwrite=true"))
+    assert best.stat().st_mtime_ns != stamp and not list(best.parent.glob("best-v*.ckpt"))
+
+
+def test_held_out_test_part_is_scored_with_the_best_checkpoint(tmp_path, kaggle_dir):
+    metrics = train(make_cfg(tmp_path, kaggle_dir, "data.test_fraction=0.2"))
+    assert 0 < metrics["test/rmse"] < 1 and 0 < metrics["test/rmse_baseline"] < 1
+
+
+def test_bad_data_writes_nothing(tmp_path, kaggle_dir):
+    (kaggle_dir / "images_training_rev1" / "100007.jpg").unlink()
+    with pytest.raises(GzooError, match="no image"):
+        train(make_cfg(tmp_path, kaggle_dir))
+    assert not (tmp_path / "outputs/default").exists()
+
+
+def test_command_line_user_error_is_one_sentence_without_traceback(tmp_path, kaggle_dir):
+    csv = kaggle_dir / "training_solutions_rev1.csv"
+    csv.write_text(csv.read_text().replace("Class1.1", "Class1_1", 1))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gzoo.train", f"data.root={kaggle_dir}", f"paths.output_root={tmp_path}", "model.pretrained=false"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[gzoo] error:")]
+    assert errors == ["[gzoo] error: labels file " + str(csv) + " has the wrong header: column 2 is 'Class1_1', expected 'Class1.1' (expected GalaxyID then Class1.1 ... Class11.6 in Kaggle order)."]
