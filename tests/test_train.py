@@ -74,7 +74,7 @@ def test_an_earlier_run_is_not_overwritten_unless_asked(tmp_path, kaggle_dir):
     train(make_cfg(tmp_path, kaggle_dir))
     best = tmp_path / "outputs/default/b0/finetune/checkpoints/best.ckpt"
     stamp = best.stat().st_mtime_ns
-    with pytest.raises(GzooError, match="already holds a run; pass overwrite=true"):
+    with pytest.raises(GzooError, match="already holds a run; pass resume=true to continue it, overwrite=true to replace it"):
         train(make_cfg(tmp_path, kaggle_dir))
     assert best.stat().st_mtime_ns == stamp
     train(make_cfg(tmp_path, kaggle_dir, "overwrite=true"))

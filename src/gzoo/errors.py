@@ -3,3 +3,7 @@
 
 class GzooError(Exception):
     """A problem the user can fix (a missing file, a bad value, an option out of range)."""
+
+
+class NonFiniteLossError(GzooError):
+    """The training loss became NaN or infinite; the run stops before saving the bad weights."""
