@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from gzoo import schema
-from gzoo.errors import GzooError
+from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.heads import HEADS
 
 
@@ -191,6 +191,11 @@ class GalaxyZooModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, self.train_rmse)
+        if not torch.isfinite(loss):  # stop before a NaN reaches the weights or a checkpoint
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx})"
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["image"]))
         self.log("train/rmse", self.train_rmse, on_step=False, on_epoch=True)
         return loss

@@ -21,16 +21,38 @@ import lightning as L
 import numpy as np
 import timm
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gzoo import schema
-from gzoo.data import GalaxyZooDataModule
-from gzoo.errors import GzooError
+from gzoo.data import GalaxyZooDataModule, seed_of
+from gzoo.errors import GzooError, NonFiniteLossError
+from gzoo.files import atomic_write_text
 from gzoo.module import GalaxyZooModule
+from gzoo.speed import apply_speed
+
+
+class RunInterrupted(GzooError):
+    """SIGTERM (e.g. SLURM pre-emption) stopped the run; its last checkpoint is intact."""
 
 
 def say(msg: str) -> None:
     print(f"[gzoo] {msg}", flush=True)
+
+
+class StepSeed(L.Callback):
+    """Reseed torch before every training step from (seed, step), for dropout.
+
+    With the data's randomness drawn from (seed, epoch, index) (see data.EpochSampler),
+    every random draw of a step depends only on the seed and the step, so a run resumed
+    from a checkpoint continues exactly as one that never stopped.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        torch.manual_seed(seed_of(self.seed, trainer.global_step))
 
 
 def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -62,12 +84,15 @@ def build_datamodule(cfg: DictConfig, mean, std) -> GalaxyZooDataModule:
         std=std,
         crop_fraction=d.crop_fraction,
         augment=OmegaConf.to_container(d.augment, resolve=True),
+        persistent_workers=d.persistent_workers,
+        on_bad_image=d.on_bad_image,
+        seed=cfg.seed,
     )
 
 
 def build_module(cfg: DictConfig, mean, std, pretrained: bool) -> GalaxyZooModule:
     m = cfg.model
-    return GalaxyZooModule(
+    module = GalaxyZooModule(
         timm_name=m.timm_name,
         pretrained=pretrained,
         weights=m.weights if pretrained else None,
@@ -81,7 +106,10 @@ def build_module(cfg: DictConfig, mean, std, pretrained: bool) -> GalaxyZooModul
         lr_factor=m.lr_factor,
         lr_patience=m.lr_patience,
         freeze_body=cfg.phase.freeze_body,
+        head=m.head,
+        tree_after_epochs=m.tree_after_epochs,
     )
+    return apply_speed(module, channels_last=m.channels_last, compile=m.compile)
 
 
 def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
@@ -93,11 +121,25 @@ def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
     module.load_state_dict(ckpt["state_dict"])
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``resume=true`` -> the run's last.ckpt, ``resume=PATH`` -> that file."""
+    resume = cfg.get("resume", False)
+    if resume is False or resume is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
+    if not path.is_file():
+        raise GzooError(f"resume={resume} but {path} does not exist; run without resume to start afresh.")
+    return path
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix with an earlier run unless ``overwrite=true`` (which deletes its results)."""
-    earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json") if (run_dir / n).exists()]
+    earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv") if (run_dir / n).exists()]
     if earlier and not overwrite:
-        raise GzooError(f"{run_dir} already holds a run; pass overwrite=true to replace it, or name=<new name> to keep both.")
+        raise GzooError(
+            f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, "
+            "or name=<new name> to keep both."
+        )
     for p in earlier:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +157,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     say(f"{cfg.phase.name} of {cfg.model.timm_name}: outputs go to {run_dir}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    if cfg.data.get("synth"):  # data=synthetic: make the set once, then read it like Kaggle's files
+        from gzoo.synth import generate
+
+        generate(Path(cfg.data.root), **OmegaConf.to_container(cfg.data.synth, resolve=True))
+
     mean, std = backbone_norm(cfg.model.timm_name)
     dm = build_datamodule(cfg, mean, std)
     dm.setup()  # validates catalogue and images; raises GzooError before anything is written
@@ -128,15 +175,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "or point phase.init_from at a checkpoint."
         )
 
-    # Weights: from the earlier phase if there is one, else pretrained (or from scratch) as asked.
-    module = build_module(cfg, mean, std, pretrained=cfg.model.pretrained and init_from is None)
-    if init_from is not None:
+    resume_from = resume_checkpoint(cfg, run_dir)
+
+    # Weights: from a checkpoint if resuming or continuing an earlier phase, else pretrained (or from scratch) as asked.
+    module = build_module(cfg, mean, std, pretrained=cfg.model.pretrained and init_from is None and resume_from is None)
+    if init_from is not None and resume_from is None:
         load_init_weights(module, init_from)
         say(f"weights from {init_from}")
 
-    prepare_run_dir(run_dir, cfg.overwrite)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()]
+    if resume_from is None:
+        prepare_run_dir(run_dir, cfg.overwrite)
+    else:
+        say(f"resuming from {resume_from}")
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if dm.skipped:
+        atomic_write_text(run_dir / "skipped_images.csv", "path,reason\n" + "".join(f'{p},"{r}"\n' for p, r in dm.skipped))
+        say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [StepSeed(cfg.seed)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -147,7 +202,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=dm)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise RunInterrupted(
+            f"stopped by SIGTERM in epoch {trainer.current_epoch}; {last if last.is_file() else 'no checkpoint yet'} holds the last "
+            "complete epoch; continue with the same command plus resume=true."
+        ) from None
+    except NonFiniteLossError as e:
+        raise GzooError(
+            f"{e}; the run stopped and {last if last.is_file() else 'no checkpoint was written yet, so nothing'} "
+            "holds the last good weights; lower model.lr or check the inputs."
+        ) from None
 
     ckpt = trainer.checkpoint_callback
     metrics = {
@@ -160,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["test/rmse"] = float(result["test/rmse"])
         metrics["test/rmse_baseline"] = baseline_rmse(dm, "test")
     metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     say(f"best val/rmse {metrics['val/rmse']:.5f} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
     if "test/rmse" in metrics:
@@ -173,6 +240,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["val/rmse"]
+    except RunInterrupted as e:
+        print(f"[gzoo] {e}", file=sys.stderr, flush=True)
+        sys.exit(143)  # the conventional status of a process ended by SIGTERM
     except GzooError as e:
         print(f"[gzoo] error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
