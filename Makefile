@@ -24,9 +24,21 @@ test: install ## run the fast test suite (CPU, no network)
 test-slow: install ## run the slow tests too
 	$(PY) -m pytest -q -m "slow or not slow"
 
-train: install ## the main job: both phases of the recipe on the Kaggle data in GZOO_DATA (default data/gz2)
-	$(PY) -m gzoo.train phase=finetune $(ARGS)
-	$(PY) -m gzoo.train phase=fulltune $(ARGS)
+# `make train` runs the demo on synthetic galaxies; `make train DATA=/path/to/kaggle` runs the paper's recipe.
+RUN  ?= $(if $(DATA),recipe,demo)-$(shell date +%Y%m%d-%H%M%S)
+ifdef DATA
+TRAIN := data.root=$(DATA) name=$(RUN)
+FINETUNE_EPOCHS ?= 50
+FULLTUNE_EPOCHS ?= 50
+else
+TRAIN := experiment=demo name=$(RUN)
+FINETUNE_EPOCHS ?= 1
+FULLTUNE_EPOCHS ?= 12
+endif
+
+train: install ## the main job: both phases on synthetic galaxies (CPU, minutes); DATA=/kaggle/folder runs the recipe
+	$(PY) -m gzoo.train $(TRAIN) phase=finetune trainer.max_epochs=$(FINETUNE_EPOCHS) $(ARGS)
+	$(PY) -m gzoo.train $(TRAIN) phase=fulltune trainer.max_epochs=$(FULLTUNE_EPOCHS) $(ARGS)
 
 tensorboard: install ## open TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import timm
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +37,7 @@ class RunInterrupted(GzooError):
     """SIGTERM (e.g. SLURM pre-emption) stopped the run; its last checkpoint is intact."""
 
 
+@rank_zero_only
 def say(msg: str) -> None:
     print(f"[gzoo] {msg}", flush=True)
 
@@ -183,12 +185,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_init_weights(module, init_from)
         say(f"weights from {init_from}")
 
-    if resume_from is None:
+    writer = rank_zero_only.rank == 0  # under DDP every process runs this function; one writes files
+    if resume_from is None and writer:
         prepare_run_dir(run_dir, cfg.overwrite)
-    else:
+    elif resume_from is not None:
         say(f"resuming from {resume_from}")
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if dm.skipped:
+    if writer:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if dm.skipped and writer:
         atomic_write_text(run_dir / "skipped_images.csv", "path,reason\n" + "".join(f'{p},"{r}"\n' for p, r in dm.skipped))
         say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [StepSeed(cfg.seed)]
@@ -227,7 +231,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["test/rmse"] = float(result["test/rmse"])
         metrics["test/rmse_baseline"] = baseline_rmse(dm, "test")
     metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if writer:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     say(f"best val/rmse {metrics['val/rmse']:.5f} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
     if "test/rmse" in metrics:
