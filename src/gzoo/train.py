@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import numpy as np
+import pandas as pd
 import timm
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from gzoo import schema
 from gzoo.data import GalaxyZooDataModule, seed_of
 from gzoo.errors import GzooError, NonFiniteLossError
-from gzoo.files import atomic_write_text
+from gzoo.files import atomic_open, atomic_write_text
 from gzoo.module import GalaxyZooModule
 from gzoo.speed import apply_speed
 
@@ -43,10 +44,10 @@ def say(msg: str) -> None:
 
 
 class StepSeed(L.Callback):
-    """Reseed torch before every training step from (seed, step), for dropout.
+    """Reseed torch before every training batch from (seed, epoch, batch, process), for dropout.
 
     With the data's randomness drawn from (seed, epoch, index) (see data.EpochSampler),
-    every random draw of a step depends only on the seed and the step, so a run resumed
+    every random draw of a batch depends only on where it is in the run, so a run resumed
     from a checkpoint continues exactly as one that never stopped.
     """
 
@@ -54,7 +55,7 @@ class StepSeed(L.Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        torch.manual_seed(seed_of(self.seed, trainer.global_step))
+        torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
 
 def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -193,7 +194,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if writer:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if dm.skipped and writer:
-        atomic_write_text(run_dir / "skipped_images.csv", "path,reason\n" + "".join(f'{p},"{r}"\n' for p, r in dm.skipped))
+        with atomic_open(run_dir / "skipped_images.csv", newline="") as f:
+            pd.DataFrame(dm.skipped, columns=["path", "reason"]).to_csv(f, index=False)
         say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [StepSeed(cfg.seed)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
