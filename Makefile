@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 test: install ## run the fast test suite (CPU, no network)
 	$(PY) -m pytest -q
 
-test-slow: install ## run the slow tests too
-	$(PY) -m pytest -q -m "slow or not slow"
+test-slow: install ## run the slow tests (minutes: interrupted and resumed runs, sweeps); CI runs them after make test
+	$(PY) -m pytest -q -m slow
 
 # `make train` runs the demo on synthetic galaxies; `make train DATA=/path/to/kaggle` runs the paper's recipe.
 RUN  ?= $(if $(DATA),recipe,demo)-$(shell date +%Y%m%d-%H%M%S)

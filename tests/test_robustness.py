@@ -54,6 +54,7 @@ def uninterrupted(tmp_path_factory, data):
     return metrics, weights(tmp / "outputs/default/b0/finetune/checkpoints/last.ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, data, uninterrupted, sig):
     returncode, stderr, epoch = interrupt(tmp_path, data, sig)

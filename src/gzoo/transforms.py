@@ -62,12 +62,12 @@ def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: fl
     """
     if img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
-    levels = np.minimum(np.arange(256) * brightness, 255.0)
-    if normalise:
-        lut = ((levels[:, None] / 255.0 - mean) / std).astype(np.float32)
-    else:
-        lut = np.repeat(np.rint(levels).astype(np.uint8)[:, None], 3, axis=1)
-    return torch.from_numpy(cv2.LUT(img, lut.reshape(256, 1, 3))).permute(2, 0, 1)
+    levels = np.minimum(np.arange(256.0) * brightness, 255.0)
+    if normalise:  # one table per channel
+        lut = ((levels[:, None] - 255.0 * mean) / (255.0 * std)).astype(np.float32).reshape(256, 1, 3)
+    else:  # one table for all channels: about twice as fast
+        lut = np.rint(levels).astype(np.uint8)
+    return torch.from_numpy(cv2.LUT(img, lut)).permute(2, 0, 1)
 
 
 def normalise_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

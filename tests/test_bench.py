@@ -1,0 +1,54 @@
+"""gzoo.bench runs end to end on a tiny folder: a smoke test of the tool, never a timing test."""
+
+from __future__ import annotations
+
+import json
+
+from gzoo import bench
+
+from tests.conftest import write_kaggle
+
+RESULT_KEYS = {
+    "decode_img_s", "decode_pil_img_s", "decode_cv2_img_s",
+    "train_transform_img_s", "train_transform_cost_x_decode",
+    "train_transform_uint8_img_s", "train_transform_uint8_cost_x_decode",
+    "reference_transform_img_s", "reference_transform_cost_x_decode",
+    "eval_transform_img_s", "eval_transform_cost_x_decode",
+    "loader_img_s", "loader_uint8_img_s", "model_forward_img_s", "model_train_img_s",
+    "predict_e2e_img_s", "predict_e2e_fraction",
+    "train_e2e_img_s", "train_e2e_fraction", "train_e2e_steps_s",
+    "predict_e2e_wait_fraction", "train_e2e_wait_fraction",
+}  # fmt: skip
+
+
+def test_bench_writes_every_figure_with_device_and_versions(tmp_path, capsys):
+    images = write_kaggle(tmp_path / "gz2", n=6) / "images_training_rev1"
+    out = tmp_path / "bench" / "bench.json"
+    args = ["model=test_efficientnet", "image_size=32", "batch_size=4", "workers=1", "n=10", "steps=2", "rounds=1", f"out={out}"]
+    assert bench.main([f"images={images}", *args]) == 0
+
+    report = json.loads(out.read_text())
+    assert set(report) == {"device", "versions", "settings", "results"}
+    assert report["device"].startswith(("cpu", "cuda"))
+    assert {"torch", "timm", "albumentations", "opencv", "simplejpeg"} <= set(report["versions"])
+    assert report["settings"]["timm_name"] == "test_efficientnet" and report["settings"]["image_size"] == 32
+    assert set(report["results"]) == RESULT_KEYS
+    waits = {k: v for k, v in report["results"].items() if k.endswith("wait_fraction")}
+    assert all(0 <= v <= 1 for v in waits.values())
+    assert all(v > 0 for k, v in report["results"].items() if k not in waits)
+    table = capsys.readouterr().out
+    assert "train e2e" in table and "predict e2e" in table
+
+
+def test_a_variant_gives_its_image_size():
+    assert bench.resolve_model("b3", None) == ("tf_efficientnet_b3.in1k", 300)
+    assert bench.resolve_model("test_efficientnet", 48) == ("test_efficientnet", 48)
+
+
+def test_user_mistakes_end_in_one_sentence(tmp_path, capsys):
+    assert bench.main([f"images={tmp_path / 'nowhere'}", "model=test_efficientnet"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert bench.main([f"images={tmp_path}", "model=b99"]) == 2
+    assert "model='b99'" in capsys.readouterr().err
+    assert bench.main([f"images={tmp_path}", "precision=16"]) == 2
+    assert "precision" in capsys.readouterr().err

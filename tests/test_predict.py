@@ -1,0 +1,156 @@
+"""gzoo.predict: the Kaggle submission, test-time augmentation, safe writing, bad files, the command line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gzoo import predict, schema
+from gzoo.errors import GzooError
+from gzoo.predict import load_module, predict_folder, predict_images
+from gzoo.train import train
+from tests.conftest import make_cfg, write_kaggle
+
+QUIET = {"progress": False, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny model trained for one epoch: outputs/<...>/checkpoints/best.ckpt."""
+    tmp = tmp_path_factory.mktemp("run")
+    metrics = train(make_cfg(tmp, write_kaggle(tmp / "gz2", n=24)))
+    return Path(metrics["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A test folder whose GalaxyIDs sort differently as text and as numbers."""
+    src = write_kaggle(tmp_path_factory.mktemp("src"), n=7, seed=3) / "images_training_rev1"
+    folder = tmp_path_factory.mktemp("images_test_rev1")
+    for path, gid in zip(sorted(src.iterdir()), (900, 10000, 25, 3, 123456, 7, 1000)):
+        shutil.copy(path, folder / f"{gid}.jpg")
+    return folder
+
+
+def test_submission_has_the_kaggle_format(ckpt, images, tmp_path):
+    out = predict_folder(ckpt, images, tmp_path / "sub.csv", **QUIET)
+    table = pd.read_csv(out)
+    assert list(table.columns) == schema.HEADER
+    assert table[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]  # one row per JPEG, numeric order
+    values = table[schema.COLUMNS].to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    # The rows are the model's predictions for those files (to the 6 decimals written).
+    paths = [images / f"{gid}.jpg" for gid in table[schema.ID_COLUMN]]
+    np.testing.assert_allclose(values, predict_images(load_module(ckpt, "cpu"), paths), atol=6e-7)
+
+
+def asymmetric_galaxy(seed: int = 0) -> np.ndarray:
+    """A 424x424 RGB image with no rotational or mirror symmetry."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:424, :424]
+    blob = 200 * np.exp(-((xx - 230) ** 2 / 800 + (yy - 190) ** 2 / 200))
+    return np.clip(blob[..., None] + rng.integers(0, 60, (424, 424, 3)), 0, 255).astype(np.uint8)
+
+
+def test_tta8_is_exactly_invariant_to_right_angle_rotations_and_flips(ckpt):
+    module = load_module(ckpt, "cpu")
+    image = asymmetric_galaxy()
+    copies = [image, np.rot90(image), np.rot90(image, 2), np.rot90(image, 3), np.fliplr(image), np.flipud(np.rot90(image))]
+    copies = [np.ascontiguousarray(c) for c in copies]
+    plain = predict_images(module, copies, tta=1)
+    assert np.abs(plain - plain[0]).max() > 1e-4  # the model alone does see the rotation ...
+    tta8 = predict_images(module, copies, tta=8)
+    np.testing.assert_allclose(tta8, np.broadcast_to(tta8[0], tta8.shape), atol=1e-5)  # ... the 8 views do not
+    # tta=4 rotates the whole frame by 0, 90, 180, 270 degrees: exact for rotated copies too.
+    tta4 = predict_images(module, copies[:4], tta=4)
+    np.testing.assert_allclose(tta4, np.broadcast_to(tta4[0], tta4.shape), atol=1e-5)
+    # Other N use other angles, so they change the prediction.
+    assert np.abs(predict_images(module, [image], tta=3) - plain[0]).max() > 1e-5
+
+
+def test_an_interrupted_prediction_leaves_no_file(ckpt, images, tmp_path, monkeypatch):
+    real = predict.predict_batches
+
+    def interrupted(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        yield next(batches)  # the first batch reaches the file ...
+        raise KeyboardInterrupt  # ... then the user presses Ctrl-C
+
+    monkeypatch.setattr(predict, "predict_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(ckpt, images, tmp_path / "sub.csv", batch_size=2, **QUIET)
+    assert list(tmp_path.iterdir()) == []  # neither sub.csv nor a temporary file
+
+    # An earlier result survives an interrupted overwrite untouched.
+    (tmp_path / "sub.csv").write_text("earlier\n")
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(ckpt, images, tmp_path / "sub.csv", batch_size=2, overwrite=True, **QUIET)
+    assert (tmp_path / "sub.csv").read_text() == "earlier\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
+
+
+def test_an_existing_output_is_kept_unless_overwrite(ckpt, images, tmp_path):
+    out = tmp_path / "sub.csv"
+    out.write_text("earlier\n")
+    with pytest.raises(GzooError, match="already exists; pass overwrite=true"):
+        predict_folder(ckpt, images, out, **QUIET)
+    assert out.read_text() == "earlier\n"
+    predict_folder(ckpt, images, out, overwrite=True, **QUIET)
+    assert len(pd.read_csv(out)) == 7
+
+
+@pytest.fixture
+def with_bad_files(images, tmp_path) -> Path:
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "11.jpg").write_bytes(b"not an image at all")
+    (folder / "12.jpg").write_bytes((images / "3.jpg").read_bytes()[:300])  # truncated download
+    return folder
+
+
+def test_a_bad_image_is_an_error_naming_it(ckpt, with_bad_files, tmp_path):
+    with pytest.raises(GzooError, match=r"image .*11\.jpg cannot be read.*on_bad_image=skip"):
+        predict_folder(ckpt, with_bad_files, tmp_path / "sub.csv", **QUIET)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_skip_leaves_bad_images_out_and_lists_them(ckpt, with_bad_files, tmp_path, capsys):
+    out = predict_folder(ckpt, with_bad_files, tmp_path / "sub.csv", on_bad_image="skip", **QUIET)
+    assert pd.read_csv(out)[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]
+    listed = (tmp_path / "sub.csv.skipped.txt").read_text().splitlines()
+    assert [Path(line.split("\t")[0]).name for line in listed] == ["11.jpg", "12.jpg"]
+    assert "skipped 2 unreadable images (11.jpg, 12.jpg)" in capsys.readouterr().out
+
+
+def test_command_line(ckpt, images, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    assert predict.main([f"ckpt={ckpt}", f"images={images}", f"out={out}", "tta=2", "num_workers=0", "progress=false"]) == 0
+    assert len(pd.read_csv(out)) == 7
+    assert "images/s (tta=2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ckpt=x", "images=y", "out=z.csv", "colour=red"], "unknown key 'colour'"),
+        (["ckpt=x", "images=y", "out=z.csv", "tta=0"], "tta='0': expected an integer >= 1"),
+        (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "expected one of error, skip"),
+        (["ckpt=x", "images=y"], "out=... is required"),
+        (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "no .jpg files"),
+    ],
+)
+def test_command_line_mistakes_are_one_sentence(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("[gzoo] error:") and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_missing_checkpoint_is_named(images, tmp_path):
+    with pytest.raises(GzooError, match="checkpoint .*nope.ckpt not found"):
+        predict_folder(tmp_path / "nope.ckpt", images, tmp_path / "sub.csv", **QUIET)
