@@ -19,6 +19,7 @@ def numpy_rmse(module, dataset, repeat_first: int = 0) -> float:
     return float(np.sqrt(np.mean((pred - target) ** 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_val_rmse_equals_single_process(tmp_path):
     # 46 galaxies -> 7 in validation: 4 + 3 over 2 processes, in batches of 3 -> 2 and 1 batches.

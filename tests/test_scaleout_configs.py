@@ -93,6 +93,7 @@ def test_optuna_search_composes():
     assert cfg.run_dir.endswith("optuna/trial_3/b0/finetune")  # each trial its own run folder
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_optuna_search_runs_and_minimises_val_rmse(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper")

@@ -289,8 +289,6 @@ def bench(
     mean, std = backbone_norm(timm_name)
     paths = list_jpegs(images, n)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "bf16-mixed" and device.type == "cpu":
-        raise GzooError("precision=bf16-mixed is for the GPU; on the CPU use precision=32.")
     if threads:
         torch.set_num_threads(threads)
     settings = {

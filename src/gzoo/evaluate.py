@@ -37,7 +37,8 @@ from gzoo import cli, schema
 from gzoo.data import MISSING_LABEL_MODES, read_catalog, split_ids
 from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
-from gzoo.predict import atomic_open, load_module, predict_images
+from gzoo.files import atomic_open
+from gzoo.predict import load_module, predict_images
 from gzoo.train import say
 
 SPLITS = ("train", "val", "test", "all")

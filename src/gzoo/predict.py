@@ -19,13 +19,10 @@ naming it; with on_bad_image=skip it is left out, listed at the end and in FILE.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import numpy as np
@@ -34,13 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gzoo import cli, schema
-from gzoo.data import load_rgb
+from gzoo.data import BAD_IMAGE_MODES, load_rgb
 from gzoo.errors import GzooError
+from gzoo.files import atomic_open
 from gzoo.module import GalaxyZooModule
 from gzoo.train import say
 from gzoo.transforms import eval_transform
 
-BAD_IMAGE_MODES = ("error", "skip")
 
 
 # ----------------------------------------------------------------------------- model
@@ -107,7 +104,7 @@ class _Views(Dataset):
         item = self.images[i]
         try:
             image = item if isinstance(item, np.ndarray) else load_rgb(item)
-        except Exception as e:  # PIL raises many kinds for bad files
+        except Exception as e:  # decoders raise many kinds for bad files
             return torch.zeros(len(self.angles), 3, self.size, self.size), str(e) or type(e).__name__
         return torch.stack([self.transform(image=rotate(image, a))["image"] for a in self.angles]), ""
 
@@ -193,18 +190,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(paths, key=lambda p: int(p.stem))
 
 
-@contextmanager
-def atomic_open(path: Path) -> Iterator[TextIO]:
-    """A text file that appears under ``path`` only if the block completes (temporary file + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def predict_folder(
     ckpt: str | Path,
     images: str | Path,
@@ -232,7 +217,7 @@ def predict_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[Path, str]] = []
     start = time.perf_counter()
-    with atomic_open(out) as f:
+    with atomic_open(out, newline="") as f:
         f.write(",".join(schema.HEADER) + "\n")
         done = 0
         for pred, errors in predict_batches(module, paths, tta, batch_size, num_workers, progress):
@@ -249,7 +234,7 @@ def predict_folder(
     skipped_list = out.with_name(out.name + ".skipped.txt")
     skipped_list.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     if skipped:
-        with atomic_open(skipped_list) as f:
+        with atomic_open(skipped_list, newline="") as f:
             f.writelines(f"{path}\t{error}\n" for path, error in skipped)
         shown = ", ".join(p.name for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         say(f"skipped {len(skipped)} unreadable images ({shown}); the list is in {skipped_list}")
