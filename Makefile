@@ -33,7 +33,7 @@ FULLTUNE_EPOCHS ?= 50
 else
 TRAIN := experiment=demo name=$(RUN)
 FINETUNE_EPOCHS ?= 1
-FULLTUNE_EPOCHS ?= 12
+FULLTUNE_EPOCHS ?= 10
 endif
 
 train: install ## the main job: both phases on synthetic galaxies (CPU, minutes); DATA=/kaggle/folder runs the recipe
