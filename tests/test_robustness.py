@@ -134,3 +134,26 @@ def test_odd_but_readable_images_become_rgb_crops_of_the_right_size(tmp_path):
         part, k = everything[int(path.stem)]
         image = dm.datasets[part][k]["image"]
         assert image.shape == (3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_bad_images_in_prediction_error_by_default_and_are_listed_when_skipped(tmp_path):
+    import pandas as pd
+
+    from gzoo.predict import predict_folder
+
+    unreadable, odd = bad_image_folder(tmp_path / "gz2")
+    train(make_cfg(tmp_path, write_kaggle(tmp_path / "good", n=16), "data.val_fraction=0.25"))
+    ckpt = tmp_path / "outputs/default/b0/finetune/checkpoints/best.ckpt"
+    images = tmp_path / "gz2" / "images_training_rev1"
+    with pytest.raises(GzooError, match=r"\.jpg"):
+        predict_folder(ckpt, images, tmp_path / "sub.csv", num_workers=0, progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+    predict_folder(ckpt, images, tmp_path / "sub.csv", num_workers=0, progress=False, on_bad_image="skip")
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    ids = set(sub.GalaxyID)
+    assert {int(p.stem) for p in odd} <= ids  # PNG-named-.jpg, greyscale and 300x300 are predicted
+    assert not {int(p.stem) for p in unreadable} & ids and len(sub) == 24 - 3
+    assert sub.iloc[:, 1:].to_numpy().min() >= 0 and sub.iloc[:, 1:].to_numpy().max() <= 1
+    listed = (tmp_path / "sub.csv.skipped.txt").read_text()
+    assert all(p.name in listed for p in unreadable)
