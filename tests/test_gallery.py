@@ -67,8 +67,7 @@ def test_validation_gallery_goes_to_tensorboard(tmp_path):
         tmp_path,
         write_kaggle(tmp_path / "gz2", n=24),
         "trainer.max_epochs=2",
-        "+callbacks.val_gallery._target_=gzoo.callbacks.ValidationGallery",
-        "+callbacks.val_gallery.n=4",
+        "callbacks.val_gallery.n=4",  # in the default callbacks
     )
     train(cfg)
     (events_dir,) = (Path(cfg.run_dir) / "tensorboard").glob("version_*")
