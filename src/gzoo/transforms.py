@@ -94,8 +94,9 @@ class EvalTransform:
 class TrainTransform:
     """The reference augmentation (see :func:`reference_train_transform`) in one warp.
 
-    Random draws come from torch's generator, which Lightning's ``seed_everything`` seeds
-    and each DataLoader worker reseeds differently, so runs repeat and workers differ.
+    Random draws come from a generator that the training dataset reseeds for every image
+    from (seed, epoch, index) (see data.EpochSampler), so runs repeat exactly, also after a
+    resume; without ``reseed`` they come from torch's global generator.
     """
 
     def __init__(
