@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train tensorboard clean
+.PHONY: help install test test-slow train bench tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ endif
 train: install ## the main job: both phases on synthetic galaxies (CPU, minutes); DATA=/kaggle/folder runs the recipe
 	$(PY) -m gzoo.train $(TRAIN) phase=finetune trainer.max_epochs=$(FINETUNE_EPOCHS) $(ARGS)
 	$(PY) -m gzoo.train $(TRAIN) phase=fulltune trainer.max_epochs=$(FULLTUNE_EPOCHS) $(ARGS)
+
+bench: install ## where time goes: decode, transforms, loader, model (images from GZOO_DATA; ARGS="model=b3 steps=3")
+	$(PY) -m gzoo.bench images=$${GZOO_DATA:-data/gz2}/images_training_rev1 out=outputs/bench.json $(ARGS)
 
 tensorboard: install ## open TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
