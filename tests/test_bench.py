@@ -11,10 +11,10 @@ from tests.conftest import write_kaggle
 RESULT_KEYS = {
     "decode_img_s", "decode_pil_img_s", "decode_cv2_img_s",
     "train_transform_img_s", "train_transform_cost_x_decode",
-    "train_transform_uint8_img_s", "train_transform_uint8_cost_x_decode",
+    "train_transform_float_img_s", "train_transform_float_cost_x_decode",
     "reference_transform_img_s", "reference_transform_cost_x_decode",
     "eval_transform_img_s", "eval_transform_cost_x_decode",
-    "loader_img_s", "loader_uint8_img_s", "model_forward_img_s", "model_train_img_s",
+    "loader_img_s", "loader_float_img_s", "model_forward_img_s", "model_train_img_s",
     "predict_e2e_img_s", "predict_e2e_fraction",
     "train_e2e_img_s", "train_e2e_fraction", "train_e2e_steps_s",
     "predict_e2e_wait_fraction", "train_e2e_wait_fraction",

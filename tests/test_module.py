@@ -145,3 +145,15 @@ def test_checkpoint_round_trip(tmp_path):
     assert loaded.hparams.dropout == 0.3 and loaded.hparams.pretrained is False
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(x), m.eval()(x))
+
+
+def test_uint8_batches_are_normalised_with_the_models_mean_and_std():
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
+    m = GalaxyZooModule(**TINY, mean=mean, std=std).eval()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    by_hand = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(m(x), m(by_hand), atol=1e-6)
+    # Without normalisation the predictions differ: the check above can fail.
+    assert not torch.allclose(m(x.float()), m(by_hand), atol=1e-3)
+    # mean and std come from the hyperparameters, so checkpoints hold no extra tensors.
+    assert not {"pixel_mean", "pixel_std"} & set(m.state_dict())

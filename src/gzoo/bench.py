@@ -16,13 +16,15 @@ All figures come from one run on one machine, so the ratios are what count:
 
     decode            bare JPEG decode (gzoo.data.load_rgb), one core: the floor
     decode PIL / cv2  the other bindings, for comparison
-    train transform   decode + the training augmentation, one core; cost as a multiple of decode;
-                      also with uint8 output, as it would be with normalisation on the device
-    reference         the same with the plain albumentations chain it reproduces
-    eval transform    decode + crop, resize, normalise, one core
-    loader            the training DataLoader with ``workers`` processes; also with uint8
-                      output, as it would be with normalisation on the device
-    model forward     the model alone, inference, on a batch already on the device
+    train transform   decode + the training augmentation with uint8 output, as training runs it
+                      (the module normalises on the device), one core; cost as a multiple of
+                      decode; also with float output normalised on the CPU, for comparison
+    reference         the same with the plain albumentations chain it reproduces (float out)
+    eval transform    decode + crop, resize, uint8 out, one core
+    loader            the training DataLoader with ``workers`` processes (uint8 out, as
+                      training runs it; also float out, normalised in the workers)
+    model forward     the model alone, inference, on a uint8 batch already on the device
+                      (normalised there, inside the model, as in training and prediction)
     model train       the model alone, forward + backward + Adam step
     train e2e         training with the real loader, as a fraction of model train
     predict e2e       prediction with the eval loader, as a fraction of model forward
@@ -118,10 +120,10 @@ def one_core(paths: list[Path], size: int, mean, std) -> dict[str, float]:
     cv2.setNumThreads(1)
     try:
         pipelines = {
-            "train_transform": train_transform(size, mean, std),
-            "train_transform_uint8": train_transform(size, mean, std, normalise=False),
+            "train_transform": train_transform(size, mean, std, normalise=False),  # as training runs it
+            "train_transform_float": train_transform(size, mean, std),
             "reference_transform": reference_train_transform(size, mean, std),
-            "eval_transform": eval_transform(size, mean, std),
+            "eval_transform": eval_transform(size, mean, std, normalise=False),
         }
         for tf in pipelines.values():  # warm up: first calls allocate
             tf(image=load_rgb(paths[0]))
@@ -247,11 +249,11 @@ ROWS = [  # (label, value key, ratio key, unit and meaning of the ratio)
     ("decode (PIL)", "decode_pil_img_s", None, "img/s on 1 core"),
     ("decode (cv2.imdecode)", "decode_cv2_img_s", None, "img/s on 1 core"),
     ("train transform (decode + augment)", "train_transform_img_s", "train_transform_cost_x_decode", "img/s on 1 core; ratio: cost in decodes"),
-    ("  the same, uint8 out (normalise=False)", "train_transform_uint8_img_s", "train_transform_uint8_cost_x_decode", "img/s on 1 core; ratio: cost in decodes"),
+    ("  the same, float out (normalised)", "train_transform_float_img_s", "train_transform_float_cost_x_decode", "img/s on 1 core; ratio: cost in decodes"),
     ("  albumentations reference", "reference_transform_img_s", "reference_transform_cost_x_decode", "img/s on 1 core; ratio: cost in decodes"),
     ("eval transform (decode + crop/resize)", "eval_transform_img_s", "eval_transform_cost_x_decode", "img/s on 1 core; ratio: cost in decodes"),
     ("loader, train transform", "loader_img_s", None, "img/s with {workers} workers"),
-    ("  the same, uint8 out (normalise=False)", "loader_uint8_img_s", None, "img/s with {workers} workers"),
+    ("  the same, float out (normalised)", "loader_float_img_s", None, "img/s with {workers} workers"),
     ("model alone, forward", "model_forward_img_s", None, "img/s"),
     ("model alone, train step", "model_train_img_s", None, "img/s"),
     ("predict e2e (eval loader + forward)", "predict_e2e_img_s", "predict_e2e_fraction", "img/s; ratio: of model forward"),
@@ -300,10 +302,11 @@ def bench(
     print(f"[gzoo] bench of {timm_name} at {size} px, batch {batch_size}, {workers} workers, {precision}, on {describe_device(device)}; load {load:.1f}", flush=True)
 
     results = one_core(paths, size, mean, std)
-    train_tf, eval_tf = train_transform(size, mean, std), eval_transform(size, mean, std)
+    # uint8 out, as the data module and prediction run them: the model normalises on the device
+    train_tf, eval_tf = train_transform(size, mean, std, normalise=False), eval_transform(size, mean, std, normalise=False)
     results["loader_img_s"] = loader_img_s(make_loader(paths, train_tf, batch_size, workers, True, device), device)
-    uint8_tf = train_transform(size, mean, std, normalise=False)  # for normalisation on the device
-    results["loader_uint8_img_s"] = loader_img_s(make_loader(paths, uint8_tf, batch_size, workers, True, device), device)
+    float_tf = train_transform(size, mean, std)  # normalised in the workers, for comparison
+    results["loader_float_img_s"] = loader_img_s(make_loader(paths, float_tf, batch_size, workers, True, device), device)
 
     runner = Runner(timm_name, size, mean, std, device, precision, channels_last)
     step_paths = list(itertools.islice(itertools.cycle(paths), batch_size * (steps + 1)))

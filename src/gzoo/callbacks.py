@@ -41,14 +41,18 @@ class ValidationGallery(L.Callback):
 
 
 def gallery_figure(items: list[dict], preds: np.ndarray, mean, std) -> Figure:
-    """Dataset items (normalised image, id, target, mask) captioned with their true and predicted Q1 answer."""
+    """Dataset items (image, id, target, mask) captioned with their true and predicted Q1 answer.
+
+    The image is uint8 as the data module makes it, or float normalised with ``mean`` and ``std``.
+    """
     cols = min(len(items), 4)
     rows = -(-len(items) // cols)
     fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout="constrained")
     for ax in fig.subplots(rows, cols, squeeze=False).ravel():
         ax.set_axis_off()
     for ax, item, pred in zip(fig.axes, items, preds):
-        pixels = item["image"].permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
+        image = item["image"].permute(1, 2, 0).numpy()
+        pixels = image / 255.0 if image.dtype == np.uint8 else image * np.asarray(std) + np.asarray(mean)
         ax.imshow(pixels.clip(0, 1))
         true = _top_answer(item["target"].numpy()) if item["mask"][Q1_SLICE].all() else "?"
         ax.set_title(f"{item['id']}\ntrue: {true}\npred: {_top_answer(pred)}", fontsize=8)

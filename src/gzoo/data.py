@@ -286,8 +286,9 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.skipped: list[tuple[Path, str]] = []  # unreadable images left out (on_bad_image="skip")
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
-        self.train_tf = train_transform(image_size, mean, std, crop_fraction, **(augment or {}))
-        self.eval_tf = eval_transform(image_size, mean, std, crop_fraction)
+        # uint8 out: GalaxyZooModule normalises on the device (a quarter of the bytes to move).
+        self.train_tf = train_transform(image_size, mean, std, crop_fraction, **(augment or {}), normalise=False)
+        self.eval_tf = eval_transform(image_size, mean, std, crop_fraction, normalise=False)
         self.catalog: pd.DataFrame | None = None
         self.splits: dict[str, np.ndarray] = {}
         self.datasets: dict[str, GalaxyZooDataset] = {}

@@ -1,6 +1,7 @@
 """GalaxyZooModule: a timm EfficientNet body, the recipe's small tail, the masked loss and RMSE.
 
 Body:  timm.create_model(name, num_classes=0) -> global-average-pooled features
+Input: uint8 batches from the data pipeline, normalised on the device (or float, normalised)
 Tail:  dropout 0.5 -> dense 64 + ReLU -> dense 37 -> head (sigmoid, or the decision-tree head; see heads.py)
 Loss:  mean squared error over the known cells (unknown cells have mask 0)
 RMSE:  sqrt(sum of squared errors / number of known cells) over the whole epoch,
@@ -23,6 +24,7 @@ from torchmetrics import Metric
 from gzoo import schema
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.heads import HEADS
+from gzoo.transforms import normalise_batch
 
 
 class MaskedRMSE(Metric):
@@ -153,6 +155,9 @@ class GalaxyZooModule(L.LightningModule):
         )
         if freeze_body:
             self.body.requires_grad_(False).eval()
+        # For uint8 batches (see forward); not saved in checkpoints: they follow from mean and std.
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.train_rmse, self.val_rmse, self.test_rmse = MaskedRMSE(), MaskedRMSE(), MaskedRMSE()
 
     @classmethod
@@ -171,6 +176,13 @@ class GalaxyZooModule(L.LightningModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, 37) vote fractions.
+
+        ``x`` is uint8 as the data pipeline makes it (normalised here, on the model's device)
+        or float32 already normalised with ``mean`` and ``std`` (as exported models take it).
+        """
+        if x.dtype == torch.uint8:
+            x = normalise_batch(x, self.pixel_mean, self.pixel_std)
         return HEADS[self.active_head](self.head(self.body(x)).float())
 
     def on_train_epoch_start(self) -> None:

@@ -8,7 +8,7 @@ The checkpoint carries all that is needed: the network and its evaluation transf
 (GalaxyID, Class1.1 ... Class11.6) and one row per <GalaxyID>.jpg, sorted by GalaxyID.
 
 tta=N averages N views of each galaxy. tta=8: the four right-angle rotations with and
-without a mirror flip, made with torch.rot90/flip on the cropped, normalised tensor, so an
+without a mirror flip, made with torch.rot90/flip on the cropped uint8 tensor, so an
 image and its rotated or flipped copy get the same prediction. Any other N: the whole
 image rotated by N evenly spaced angles (0, 360/N, ...) before the crop.
 
@@ -105,7 +105,7 @@ class _Views(Dataset):
         try:
             image = item if isinstance(item, np.ndarray) else load_rgb(item)
         except Exception as e:  # decoders raise many kinds for bad files
-            return torch.zeros(len(self.angles), 3, self.size, self.size), str(e) or type(e).__name__
+            return torch.zeros(len(self.angles), 3, self.size, self.size, dtype=torch.uint8), str(e) or type(e).__name__
         return torch.stack([self.transform(image=rotate(image, a))["image"] for a in self.angles]), ""
 
 
@@ -126,7 +126,7 @@ def predict_batches(
     if tta < 1:
         raise GzooError(f"tta must be a number of views >= 1, got {tta}.")
     hp = module.hparams
-    transform = eval_transform(hp.image_size, hp.mean, hp.std, hp.crop_fraction)
+    transform = eval_transform(hp.image_size, hp.mean, hp.std, hp.crop_fraction, normalise=False)  # the module normalises
     dataset = _Views(images, transform, tta_angles(tta), hp.image_size)
     device = module.device
     on_gpu = device.type == "cuda"

@@ -1,8 +1,12 @@
 """Image transforms: the central crop and the train/eval pipelines.
 
 Every pipeline takes an RGB uint8 array (H, W, 3) as decoded from the JPEG and
-returns a float tensor (3, image_size, image_size) normalised with the backbone's
-mean and std; call it as ``transform(image=array)["image"]`` (albumentations' way).
+returns a tensor (3, image_size, image_size); call it as ``transform(image=array)["image"]``
+(albumentations' way). With ``normalise=True`` (the default) it is float32, normalised
+with the backbone's mean and std; with ``normalise=False`` it stays uint8, which is what
+the data module and prediction use: a quarter of the bytes to move between processes and
+to the device, and GalaxyZooModule normalises uint8 batches on the device
+(:func:`normalise_batch`).
 
 The training augmentation is specified by :func:`reference_train_transform`, a plain
 albumentations chain: an affine warp of the whole frame (rotation, shift, zoom), the
@@ -70,10 +74,13 @@ def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: fl
     return torch.from_numpy(cv2.LUT(img, lut)).permute(2, 0, 1)
 
 
-def normalise_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 batch (B, 3, H, W) from ``normalise=False`` -> float32 (x / 255 - mean) / std, on x's device."""
-    mean_ = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_ = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+def normalise_batch(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 batch (B, 3, H, W) from ``normalise=False`` -> float32 (x / 255 - mean) / std, on x's device.
+
+    GalaxyZooModule.forward calls it on every uint8 batch (mean and std already on the device).
+    """
+    mean_ = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_ = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.float() / 255.0 - mean_) / std_
 
 
