@@ -146,13 +146,13 @@ def test_cli_bad_key_or_value_is_one_clear_error(tmp_path, capsys):
     assert synth.main([f"out={tmp_path}", "colour=red"]) == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
     assert synth.main([f"out={tmp_path}", "n_train=many"]) == 2
-    assert "n_train must be an integer" in capsys.readouterr().err
+    assert "n_train='many': expected an integer." in capsys.readouterr().err
     assert synth.main([f"out={tmp_path}", "n_train=-3"]) == 2
-    assert "n_train must be an integer >= 1" in capsys.readouterr().err
+    assert "n_train='-3': expected an integer >= 1." in capsys.readouterr().err
     command = [sys.executable, "-m", "gzoo.synth", f"out={tmp_path}", "nrain=5"]
     run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-        "gzoo.synth: error: unknown key 'nrain'; the keys are out, n_train, n_test, seed, overwrite, workers, progress."
+        "[gzoo] error: unknown key 'nrain'; the keys are out, n_train, n_test, seed, overwrite, workers, progress."
     ]
     assert not list(tmp_path.iterdir())
 

@@ -1,4 +1,4 @@
-"""key=value command lines for the gzoo tools (predict, evaluate, gallery).
+"""key=value command lines for the gzoo tools (synth, predict, evaluate, gallery, export, bench, contact_sheet).
 
 Each tool declares its options as ``{key: (convert, default)}``; ``convert`` turns the
 text after ``=`` into a value or raises ValueError with a short reason. A default of

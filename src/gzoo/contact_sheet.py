@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from gzoo import synth
+from gzoo import cli, synth
 from gzoo.errors import GzooError
 
 
@@ -119,25 +119,16 @@ def contact_sheet(out: Path, real: Path, seed: int = 0, per_side: int = 4, tile:
     return out
 
 
+OPTIONS: cli.Options = {
+    "out": (cli.path, Path("docs/synth_vs_real.png")),
+    "real": (cli.path, cli.REQUIRED),
+    "seed": (cli.integer(0), 0),
+    "per_side": (cli.integer(1), 4),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args: dict = {"out": Path("docs/synth_vs_real.png"), "real": None, "seed": 0, "per_side": 4}
-    try:
-        for arg in argv:
-            key, sep, value = arg.partition("=")
-            if not sep or key not in args:
-                raise GzooError(f"expected key=value with a key among {', '.join(args)}, got {arg!r}.")
-            args[key] = Path(value) if key in ("out", "real") else int(value)
-        if args["real"] is None:
-            raise GzooError("real=DIR is required (a folder with images_training_rev1/ and its labels CSV).")
-        print(contact_sheet(**args))
-    except ValueError as e:
-        print(f"gzoo.contact_sheet: error: a number was expected ({e}).", file=sys.stderr)
-        return 2
-    except GzooError as e:
-        print(f"gzoo.contact_sheet: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda **args: print(contact_sheet(**args)), OPTIONS, __doc__, argv)
 
 
 if __name__ == "__main__":

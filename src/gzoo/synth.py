@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from gzoo import cli
 from gzoo.errors import GzooError
 from gzoo.schema import COLUMN_INDEX, HEADER, ID_COLUMN, NUM_ANSWERS, QUESTIONS, questions_parent_first
 
@@ -574,47 +575,23 @@ def generate(out: Path, n_train: int, n_test: int, seed: int = 0, progress: bool
 
 # ----------------------------------------------------------------------------- command line
 
-_DEFAULTS = {"out": None, "n_train": 1000, "n_test": 200, "seed": 0, "overwrite": False, "workers": 1, "progress": True}
+OPTIONS: cli.Options = {
+    "out": (cli.path, cli.REQUIRED),
+    "n_train": (cli.integer(1), 1000),
+    "n_test": (cli.integer(0), 200),
+    "seed": (cli.integer(0), 0),
+    "overwrite": (cli.boolean, False),
+    "workers": (cli.integer(1), 1),
+    "progress": (cli.boolean, True),
+}
 
 
-def _parse(argv: list[str]) -> dict:
-    """key=value arguments -> keyword arguments of ``generate``."""
-    args = dict(_DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise GzooError(f"expected key=value arguments, got {arg!r} (keys: {', '.join(_DEFAULTS)}).")
-        if key not in _DEFAULTS:
-            raise GzooError(f"unknown key {key!r}; the keys are {', '.join(_DEFAULTS)}.")
-        if key == "out":
-            args[key] = Path(value)
-        elif isinstance(_DEFAULTS[key], bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise GzooError(f"{key} must be true or false, got {value!r}.")
-            args[key] = value.lower() in ("true", "1", "yes")
-        else:
-            try:
-                args[key] = int(value)
-            except ValueError:
-                raise GzooError(f"{key} must be an integer, got {value!r}.") from None
-    if args["out"] is None:
-        raise GzooError("out=DIR is required (the folder to write the data set to).")
-    return args
+def _generate_and_print(**args) -> None:
+    print(generate(**args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        args = _parse(argv)
-        out = generate(**args)
-    except GzooError as e:
-        print(f"gzoo.synth: error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return cli.run(_generate_and_print, OPTIONS, __doc__, argv)
 
 
 if __name__ == "__main__":
