@@ -62,16 +62,20 @@ def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: fl
 
     normalise=True: float32 (x / 255 - mean) / std. normalise=False: uint8, for
     :func:`normalise_batch` on the device (a quarter of the bytes to move). One lookup
-    table does it all in one pass; a 4th channel (RGBX from the warp) is dropped first.
+    table does it all in one pass. A 4th channel (RGBX from the warp) goes through the
+    table in place and is then left out of the view: no extra pass to drop it. The result
+    is a view of an (H, W, C) array, as permute gives; the DataLoader's collate copies it
+    into the contiguous batch.
     """
-    if img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
+    channels = img.shape[2]
     levels = np.minimum(np.arange(256.0) * brightness, 255.0)
-    if normalise:  # one table per channel
-        lut = ((levels[:, None] - 255.0 * mean) / (255.0 * std)).astype(np.float32).reshape(256, 1, 3)
+    if normalise:  # one table per channel (the 4th, if any, maps to 0)
+        lut = np.zeros((256, channels), np.float32)
+        lut[:, :3] = (levels[:, None] - 255.0 * mean) / (255.0 * std)
+        out = cv2.LUT(img, lut.reshape(256, 1, channels))
     else:  # one table for all channels: about twice as fast
-        lut = np.rint(levels).astype(np.uint8)
-    return torch.from_numpy(cv2.LUT(img, lut)).permute(2, 0, 1)
+        out = cv2.LUT(img, np.rint(levels).astype(np.uint8))
+    return torch.from_numpy(out.transpose(2, 0, 1)[:3])  # one torch call: each costs microseconds
 
 
 def normalise_batch(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -126,6 +130,7 @@ class TrainTransform:
         self.rotate, self.shift, self.zoom = rotate, shift, tuple(zoom)
         self.hflip, self.vflip, self.brightness = hflip, vflip, tuple(brightness)
         self.generator: torch.Generator | None = None  # None: torch's global generator
+        self._scratch: dict[str, np.ndarray] = {}  # reused between calls; see apply
 
     def reseed(self, seed: int) -> None:
         """Draw the next parameters from a generator seeded with ``seed`` (see data.EpochSampler)."""
@@ -157,16 +162,18 @@ class TrainTransform:
         a = math.radians(angle % 360)
         cos, sin = math.cos(a), math.sin(a)
         cx, cy = w / 2 - 0.5, h / 2 - 0.5
-        affine = np.array([[cos * zoom[0], sin * zoom[1], 0.0], [-sin * zoom[0], cos * zoom[1], 0.0], [0.0, 0.0, 1.0]])
-        affine[0, 2] = cx + int(shift[0] * w) - affine[0, 0] * cx - affine[0, 1] * cy
-        affine[1, 2] = cy + int(shift[1] * h) - affine[1, 0] * cx - affine[1, 1] * cy
-        # Flip (x -> w - 1 - x), crop (x -> x - left) and resize act on each axis alone: a scale and an offset.
+        a00, a01, a10, a11 = cos * zoom[0], sin * zoom[1], -sin * zoom[0], cos * zoom[1]
+        a02 = cx + int(shift[0] * w) - a00 * cx - a01 * cy
+        a12 = cy + int(shift[1] * h) - a10 * cx - a11 * cy
+        # Flip (x -> w - 1 - x), crop (x -> x - left) and resize act on each axis alone: x -> kx * x + bx.
         top, left, ch, cw = _crop_box(shape, self.crop_fraction)
         sx, sy = out[1] / cw, out[0] / ch
         fx, ox = (-1, w - 1) if hflip else (1, 0)
         fy, oy = (-1, h - 1) if vflip else (1, 0)
-        axes = np.array([[sx * fx, 0.0, sx * (ox - left + 0.5) - 0.5], [0.0, sy * fy, sy * (oy - top + 0.5) - 0.5], [0.0, 0.0, 1.0]])
-        return axes @ affine
+        kx, bx = sx * fx, sx * (ox - left + 0.5) - 0.5
+        ky, by = sy * fy, sy * (oy - top + 0.5) - 0.5
+        # The axes' map after the affine, multiplied out by hand (plain floats are faster than numpy here).
+        return np.array([[kx * a00, kx * a01, kx * a02 + bx], [ky * a10, ky * a11, ky * a12 + by], [0.0, 0.0, 1.0]])
 
     def apply(self, image: np.ndarray, angle=0.0, shift=(0.0, 0.0), zoom=(1.0, 1.0), hflip=False, vflip=False, brightness=1.0) -> torch.Tensor:
         """The augmentation with the given parameters."""
@@ -175,12 +182,24 @@ class TrainTransform:
         shrink = self.size < min(ch, cw)
         out = (ch, cw) if shrink else (self.size, self.size)
         m = self.matrix(image.shape[:2], out, angle, shift, zoom, hflip, vflip)
-        # OpenCV's bilinear warp is about twice as fast on 4 channels as on 3.
-        rgbx = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
-        warped = cv2.warpAffine(rgbx, m[:2], out[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        # OpenCV's bilinear warp is about twice as fast on 4 channels as on 3. The frame and the
+        # warp are written into arrays kept from the last call: a fresh array this large costs
+        # page faults that add up to about half the time of a JPEG decode. (So one transform
+        # object must not be called from two threads at once; DataLoader workers are processes.)
+        rgbx = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA, dst=self._buffer("frame", (*image.shape[:2], 4)))
+        warped = cv2.warpAffine(
+            rgbx, m[:2], out[::-1], dst=self._buffer("warped", (*out, 4)), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
         if shrink:
             warped = cv2.resize(warped, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return to_tensor(warped, self.mean, self.std, brightness, self.normalise)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A uint8 scratch array of ``shape``, the same one on every call with that shape."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._scratch[name] = np.empty(shape, np.uint8)
+        return buf
 
     def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
         return {"image": self.apply(image, **self.draw())}
