@@ -108,26 +108,3 @@ def test_batches_have_the_expected_shapes(kaggle_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.uint8  # normalised by the module, on the device
     assert batch["target"].shape == batch["mask"].shape == (4, 37)
-
-
-def _opencv_threads(*, image):
-    import cv2
-
-    return {"image": torch.tensor(cv2.getNumThreads())}
-
-
-def test_loader_workers_run_opencv_on_one_thread(kaggle_dir):
-    import cv2
-
-    from gzoo.data import GalaxyZooDataset
-
-    paths = sorted((kaggle_dir / "images_training_rev1").glob("*.jpg"))[:4]
-    dataset = GalaxyZooDataset(paths, None, np.arange(len(paths)), _opencv_threads)
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)  # what a worker would inherit
-    try:
-        in_worker = [b["image"] for b in torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1)]
-        assert torch.cat(in_worker).tolist() == [1, 1, 1, 1]
-        assert cv2.getNumThreads() == 2  # the main process keeps its setting
-    finally:
-        cv2.setNumThreads(before)

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import simplejpeg
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from gzoo import schema
@@ -188,17 +187,6 @@ def load_rgb(path: str | Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
 
 
-def one_opencv_thread_in_workers() -> None:
-    """Inside a DataLoader worker, run OpenCV on one thread.
-
-    The workers are the parallelism. OpenCV's own threads add nothing there: on 2 cores the
-    training transform took the same wall time with 2 threads but 40 % more CPU, taken from
-    the model. Called by the datasets for every item (it costs about a microsecond).
-    """
-    if get_worker_info() is not None and cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-
-
 def seed_of(*keys: int) -> int:
     """A 32-bit seed that depends only on ``keys`` (e.g. seed, epoch, index)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
@@ -248,7 +236,6 @@ class GalaxyZooDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        one_opencv_thread_in_workers()
         if isinstance(key, tuple):
             i, epoch = key
             self.transform.reseed(seed_of(self.seed, epoch, i))

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gzoo import cli, schema
-from gzoo.data import BAD_IMAGE_MODES, load_rgb, one_opencv_thread_in_workers
+from gzoo.data import BAD_IMAGE_MODES, load_rgb
 from gzoo.errors import GzooError
 from gzoo.files import atomic_open
 from gzoo.module import GalaxyZooModule
@@ -101,7 +101,6 @@ class _Views(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        one_opencv_thread_in_workers()
         item = self.images[i]
         try:
             image = item if isinstance(item, np.ndarray) else load_rgb(item)
