@@ -62,8 +62,8 @@ def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: fl
 
     normalise=True: float32 (x / 255 - mean) / std. normalise=False: uint8, for
     :func:`normalise_batch` on the device (a quarter of the bytes to move). One lookup
-    table does it all in one pass. A 4th channel (RGBX from the warp) goes through the
-    table in place and is then left out of the view: no extra pass to drop it. The result
+    table does it all in one pass, into a new array. A 4th channel (RGBX from the warp) goes
+    through the table too and is then left out of the view: no extra pass to drop it. The result
     is a view of an (H, W, C) array, as permute gives; the DataLoader's collate copies it
     into the contiguous batch.
     """
