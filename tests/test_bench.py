@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gzoo import bench
 
 from tests.conftest import write_kaggle
@@ -18,13 +20,14 @@ RESULT_KEYS = {
     "predict_e2e_img_s", "predict_e2e_fraction",
     "train_e2e_img_s", "train_e2e_fraction", "train_e2e_steps_s",
     "predict_e2e_wait_fraction", "train_e2e_wait_fraction",
+    "predict_e2e_fraction_per_round", "train_e2e_fraction_per_round",
 }  # fmt: skip
 
 
 def test_bench_writes_every_figure_with_device_and_versions(tmp_path, capsys):
     images = write_kaggle(tmp_path / "gz2", n=6) / "images_training_rev1"
     out = tmp_path / "bench" / "bench.json"
-    args = ["model=test_efficientnet", "image_size=32", "batch_size=4", "workers=1", "n=10", "steps=2", "rounds=1", f"out={out}"]
+    args = ["model=test_efficientnet", "image_size=32", "batch_size=4", "workers=1", "n=10", "steps=2", "rounds=2", f"out={out}"]
     assert bench.main([f"images={images}", *args]) == 0
 
     report = json.loads(out.read_text())
@@ -33,9 +36,14 @@ def test_bench_writes_every_figure_with_device_and_versions(tmp_path, capsys):
     assert {"torch", "timm", "albumentations", "opencv", "simplejpeg"} <= set(report["versions"])
     assert report["settings"]["timm_name"] == "test_efficientnet" and report["settings"]["image_size"] == 32
     assert set(report["results"]) == RESULT_KEYS
-    waits = {k: v for k, v in report["results"].items() if k.endswith("wait_fraction")}
+    results = report["results"]
+    waits = {k: v for k, v in results.items() if k.endswith("wait_fraction")}
     assert all(0 <= v <= 1 for v in waits.values())
-    assert all(v > 0 for k, v in report["results"].items() if k not in waits)
+    for name in ("predict_e2e", "train_e2e"):  # one ratio per round; the figure is their median
+        per_round = results.pop(f"{name}_fraction_per_round")
+        assert len(per_round) == 2 and all(r > 0 for r in per_round)
+        assert results[f"{name}_fraction"] == pytest.approx(sum(per_round) / 2)
+    assert all(v > 0 for k, v in results.items() if k not in waits)
     table = capsys.readouterr().out
     assert "train e2e" in table and "predict e2e" in table
 
@@ -52,3 +60,14 @@ def test_user_mistakes_end_in_one_sentence(tmp_path, capsys):
     assert "model='b99'" in capsys.readouterr().err
     assert bench.main([f"images={tmp_path}", "precision=16"]) == 2
     assert "precision" in capsys.readouterr().err
+
+
+def test_a_steady_drift_of_the_machine_cancels_out_of_the_ratios():
+    # The machine slows from 10 to 7 steps/s while e2e runs at 0.9x whatever the model alone does at that moment.
+    alone = [10.0, 9.0, 8.0, 7.0]
+    e2e = [0.9 * 9.5, 0.9 * 8.5, 0.9 * 7.5]
+    assert bench.ratios_to_neighbours(e2e, alone) == pytest.approx([0.9, 0.9, 0.9])
+    # Against the best alone figure instead, the drift would read as a slow loader (0.855 down to 0.675).
+    assert max(e2e) / max(alone) < 0.86
+    with pytest.raises(ValueError, match="one more alone figure"):
+        bench.ratios_to_neighbours(e2e, alone[:3])

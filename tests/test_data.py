@@ -1,5 +1,8 @@
 """Catalogue validation, the split, the dataset."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +111,20 @@ def test_batches_have_the_expected_shapes(kaggle_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.uint8  # normalised by the module, on the device
     assert batch["target"].shape == batch["mask"].shape == (4, 37)
+    # Brightness is drawn per image on the CPU and applied on the device (see transforms.normalise_batch).
+    assert batch["brightness"].shape == (4,) and ((0.9 <= batch["brightness"]) & (batch["brightness"] <= 1.2)).all()
+    assert "brightness" not in next(iter(dm.val_dataloader()))
+
+
+def test_loader_workers_run_opencv_on_one_thread(tmp_path):
+    # In a fresh interpreter, so that no other test's OpenCV setting leaks in.
+    script = (
+        "import torch, cv2\n"
+        "import gzoo.transforms\n"
+        "class D(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 2\n"
+        "    def __getitem__(self, i): return cv2.getNumThreads()\n"
+        "print(cv2.getNumThreads(), [int(x) for b in torch.utils.data.DataLoader(D(), num_workers=1) for x in b])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["1", "[1,", "1]"]

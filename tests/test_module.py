@@ -157,3 +157,20 @@ def test_uint8_batches_are_normalised_with_the_models_mean_and_std():
     assert not torch.allclose(m(x.float()), m(by_hand), atol=1e-3)
     # mean and std come from the hyperparameters, so checkpoints hold no extra tensors.
     assert not {"pixel_mean", "pixel_std"} & set(m.state_dict())
+
+
+def test_training_brightness_is_applied_on_the_device_before_normalising():
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
+    m = GalaxyZooModule(**TINY, mean=mean, std=std).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    b = torch.tensor([0.9, 1.2])
+    brighter = (x.float() * b.view(2, 1, 1, 1)).clamp(max=255)
+    by_hand = (brighter / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(m(x, b), m(by_hand), atol=1e-6)
+    assert (m(x) - m(by_hand)).abs().max() > 1e-5  # the factor changes the predictions (by far more than 1e-6)
+    # A training batch's "brightness" reaches the model: the loss is the one of the brightened images.
+    batch = {"image": x, "brightness": b, "target": torch.rand(2, 37), "mask": torch.ones(2, 37, dtype=torch.bool)}
+    expected = masked_mse(m(by_hand), batch["target"], batch["mask"])
+    assert torch.allclose(m._step(batch, m.train_rmse), expected, atol=1e-6)
+    with pytest.raises(GzooError, match="uint8 batches only"):
+        m(by_hand, b)

@@ -9,7 +9,11 @@ timm name. Weights are random (pretrained=false): speed does not depend on them 
 nothing is downloaded. ``n`` images (the folder's JPEGs, repeated if it has fewer) feed
 the one-core and loader figures. Each model figure times ``steps`` batches after one
 warm-up batch (keep steps well above 2 x workers, so the loader's prefetched batches do
-not flatter it), ``rounds`` times in turn with the others, and keeps the best.
+not flatter it). Each end-to-end figure is measured ``rounds`` times, in turn with its
+model-alone figure (alone, e2e, alone, ..., alone), and its ratio is to the mean of the
+model-alone figures just before and just after it, the median over rounds: the machine's
+speed drifts by tens of percent over minutes here, and a steady drift cancels this way.
+The table's rates are the best of the rounds.
 ``threads`` sets torch's threads for the model (0: torch's default).
 
 All figures come from one run on one machine, so the ratios are what count:
@@ -17,8 +21,8 @@ All figures come from one run on one machine, so the ratios are what count:
     decode            bare JPEG decode (gzoo.data.load_rgb), one core: the floor
     decode PIL / cv2  the other bindings, for comparison
     train transform   decode + the training augmentation with uint8 output, as training runs it
-                      (the module normalises on the device), one core; cost as a multiple of
-                      decode; also with float output normalised on the CPU, for comparison
+                      (brightness and normalisation happen on the device), one core; cost as a
+                      multiple of decode; also with float output normalised on the CPU, for comparison
     reference         the same with the plain albumentations chain it reproduces (float out)
     eval transform    decode + crop, resize, uint8 out, one core
     loader            the training DataLoader with ``workers`` processes (uint8 out, as
@@ -26,8 +30,8 @@ All figures come from one run on one machine, so the ratios are what count:
     model forward     the model alone, inference, on a uint8 batch already on the device
                       (normalised there, inside the model, as in training and prediction)
     model train       the model alone, forward + backward + Adam step
-    train e2e         training with the real loader, as a fraction of model train
-    predict e2e       prediction with the eval loader, as a fraction of model forward
+    train e2e         training with the real loader, as a fraction of model train (see above)
+    predict e2e       prediction with the eval loader, as a fraction of model forward (see above)
     ... waiting       the share of an e2e figure's time its loop waited for the loader's next
                       batch (on a GPU the device may still be busy meanwhile)
 
@@ -104,6 +108,14 @@ def rates(fns: dict[str, Callable], items: list, rounds: int = 5) -> dict[str, f
     return {name: len(items) / max(t, 1e-9) for name, t in best.items()}
 
 
+def ratios_to_neighbours(e2e: list[float], alone: list[float]) -> list[float]:
+    """Each ``e2e[i]`` as a fraction of the mean of ``alone[i]`` and ``alone[i + 1]``, the figures
+    measured just before and just after it: a steady drift of the machine's speed cancels."""
+    if len(alone) != len(e2e) + 1:
+        raise ValueError(f"need one more alone figure than e2e figures, got {len(alone)} and {len(e2e)}")
+    return [e / ((a + b) / 2) for e, a, b in zip(e2e, alone, alone[1:])]
+
+
 def decode_pil(path: Path) -> np.ndarray:
     with Image.open(io.BytesIO(path.read_bytes())) as im:
         return np.asarray(im.convert("RGB"))
@@ -169,17 +181,18 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, target, mask = (batch[k].to(self.device, non_blocking=True) for k in ("image", "target", "mask"))
+    def to_device(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The batch's tensors on the device, the image in channels_last if asked."""
+        out = {k: batch[k].to(self.device, non_blocking=True) for k in ("image", "target", "mask", "brightness") if k in batch}
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, target, mask
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
 
     def train_step(self, batch: dict) -> None:
         self.module.train()
-        x, target, mask = self.to_device(batch)
+        b = self.to_device(batch)
         with self.autocast():
-            loss = masked_mse(self.module(x), target, mask)
+            loss = masked_mse(self.module(b["image"], b.get("brightness")), b["target"], b["mask"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -187,7 +200,7 @@ class Runner:
     @torch.inference_mode()
     def forward(self, batch: dict) -> None:
         self.module.eval()
-        x, _, _ = self.to_device(batch)
+        x = self.to_device(batch)["image"]
         with self.autocast():
             self.module(x).cpu()  # the predictions leave the device, as in prediction
 
@@ -256,8 +269,8 @@ ROWS = [  # (label, value key, ratio key, unit and meaning of the ratio)
     ("  the same, float out (normalised)", "loader_float_img_s", None, "img/s with {workers} workers"),
     ("model alone, forward", "model_forward_img_s", None, "img/s"),
     ("model alone, train step", "model_train_img_s", None, "img/s"),
-    ("predict e2e (eval loader + forward)", "predict_e2e_img_s", "predict_e2e_fraction", "img/s; ratio: of model forward"),
-    ("train e2e (train loader + step)", "train_e2e_img_s", "train_e2e_fraction", "img/s; ratio: of model train step"),
+    ("predict e2e (eval loader + forward)", "predict_e2e_img_s", "predict_e2e_fraction", "img/s; ratio: of model forward (median of rounds)"),
+    ("train e2e (train loader + step)", "train_e2e_img_s", "train_e2e_fraction", "img/s; ratio: of model train step (median of rounds)"),
     ("train e2e", "train_e2e_steps_s", None, "steps/s"),
     ("predict e2e: loop waiting for data", "predict_e2e_wait_fraction", None, "share of its time"),
     ("train e2e: loop waiting for data", "train_e2e_wait_fraction", None, "share of its time"),
@@ -310,23 +323,26 @@ def bench(
 
     runner = Runner(timm_name, size, mean, std, device, precision, channels_last)
     step_paths = list(itertools.islice(itertools.cycle(paths), batch_size * (steps + 1)))
-    fixed = next(iter(make_loader(step_paths[:batch_size], eval_tf, batch_size, 0, False, device)))
-    fixed = dict(zip(("image", "target", "mask"), runner.to_device(fixed)))  # the model-alone batch waits on the device
-    repeat = [fixed] * (steps + 1)
-    figures = {  # name: (step, where its batches come from)
-        "model_forward": (runner.forward, lambda: repeat),
-        "predict_e2e": (runner.forward, lambda: make_loader(step_paths, eval_tf, batch_size, workers, False, device)),
-        "model_train": (runner.train_step, lambda: repeat),
-        "train_e2e": (runner.train_step, lambda: make_loader(step_paths, train_tf, batch_size, workers, True, device)),
+    # The model-alone batch waits on the device; from the training pipeline, so it carries brightness too.
+    fixed = runner.to_device(next(iter(make_loader(step_paths[:batch_size], train_tf, batch_size, 0, False, device))))
+    repeat = lambda: [fixed] * (steps + 1)  # noqa: E731
+    pairs = {  # e2e name: (alone name, step, where the e2e batches come from)
+        "predict_e2e": ("model_forward", runner.forward, lambda: make_loader(step_paths, eval_tf, batch_size, workers, False, device)),
+        "train_e2e": ("model_train", runner.train_step, lambda: make_loader(step_paths, train_tf, batch_size, workers, True, device)),
     }
-    best = dict.fromkeys(figures, (0.0, 0.0))
-    for _ in range(rounds):  # take turns and keep the best: other work on the machine only ever slows a figure down
-        for name, (step, batches) in figures.items():
-            best[name] = max(best[name], runner.steps_per_s(step, batches()))
-    results.update({f"{name}_img_s": batch_size * rate for name, (rate, _) in best.items()})
-    results["predict_e2e_wait_fraction"], results["train_e2e_wait_fraction"] = best["predict_e2e"][1], best["train_e2e"][1]
-    results["predict_e2e_fraction"] = results["predict_e2e_img_s"] / results["model_forward_img_s"]
-    results["train_e2e_fraction"] = results["train_e2e_img_s"] / results["model_train_img_s"]
+    for e2e, (alone, step, batches) in pairs.items():
+        alone_rates, e2e_rates, waits = [], [], []
+        for r in range(rounds + 1):  # alone, e2e, alone, ..., alone: each e2e figure has an alone figure on either side
+            alone_rates.append(runner.steps_per_s(step, repeat())[0])
+            if r < rounds:
+                rate, wait = runner.steps_per_s(step, batches())
+                e2e_rates.append(rate)
+                waits.append(wait)
+        ratios = ratios_to_neighbours(e2e_rates, alone_rates)
+        results[f"{alone}_img_s"], results[f"{e2e}_img_s"] = batch_size * max(alone_rates), batch_size * max(e2e_rates)
+        results[f"{e2e}_fraction"] = float(np.median(ratios))
+        results[f"{e2e}_fraction_per_round"] = ratios
+        results[f"{e2e}_wait_fraction"] = max(waits)
     results["train_e2e_steps_s"] = results["train_e2e_img_s"] / batch_size
 
     print(table(results, workers))

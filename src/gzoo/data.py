@@ -245,7 +245,10 @@ class GalaxyZooDataset(Dataset):
             image = load_rgb(self.paths[i])
         except Exception as e:
             raise GzooError(f"image {self.paths[i]} cannot be read ({e}).") from None
-        item = {"image": self.transform(image=image)["image"], "id": int(self.ids[i])}
+        out = self.transform(image=image)
+        item = {"image": out["image"], "id": int(self.ids[i])}
+        if "brightness" in out:  # the training pipeline's factor, applied on the device (transforms.normalise_batch)
+            item["brightness"] = out["brightness"]
         if self.labels is not None:
             item["target"] = torch.from_numpy(self.labels[i])
             item["mask"] = torch.from_numpy(self.mask[i])

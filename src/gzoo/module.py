@@ -175,14 +175,17 @@ class GalaxyZooModule(L.LightningModule):
             self.body.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) images -> (B, 37) vote fractions.
 
-        ``x`` is uint8 as the data pipeline makes it (normalised here, on the model's device)
+        ``x`` is uint8 as the data pipeline makes it (normalised here, on the model's device,
+        after multiplying by the training pipeline's per-image ``brightness`` (B,) if given)
         or float32 already normalised with ``mean`` and ``std`` (as exported models take it).
         """
         if x.dtype == torch.uint8:
-            x = normalise_batch(x, self.pixel_mean, self.pixel_std)
+            x = normalise_batch(x, self.pixel_mean, self.pixel_std, brightness)
+        elif brightness is not None:
+            raise GzooError("brightness applies to uint8 batches only; a float batch is already normalised.")
         return HEADS[self.active_head](self.head(self.body(x)).float())
 
     def on_train_epoch_start(self) -> None:
@@ -196,7 +199,7 @@ class GalaxyZooModule(L.LightningModule):
         self.active_head = checkpoint.get("active_head", self.hparams.head)
 
     def _step(self, batch: dict, metric: MaskedRMSE) -> torch.Tensor:
-        pred = self(batch["image"])
+        pred = self(batch["image"], batch.get("brightness"))
         loss = masked_mse(pred, batch["target"], batch["mask"])
         metric.update(pred.detach(), batch["target"], batch["mask"])
         return loss

@@ -1,12 +1,15 @@
 """Image transforms: the central crop and the train/eval pipelines.
 
 Every pipeline takes an RGB uint8 array (H, W, 3) as decoded from the JPEG and
-returns a tensor (3, image_size, image_size); call it as ``transform(image=array)["image"]``
-(albumentations' way). With ``normalise=True`` (the default) it is float32, normalised
-with the backbone's mean and std; with ``normalise=False`` it stays uint8, which is what
-the data module and prediction use: a quarter of the bytes to move between processes and
-to the device, and GalaxyZooModule normalises uint8 batches on the device
-(:func:`normalise_batch`).
+returns a dict (albumentations' way: ``transform(image=array)["image"]``) whose "image"
+is a tensor (3, image_size, image_size). With ``normalise=True`` (the default) it is
+float32, normalised with the backbone's mean and std. With ``normalise=False`` it stays
+uint8, which is what the data module and prediction use: a quarter of the bytes to move
+between processes and to the device, where GalaxyZooModule normalises the batch
+(:func:`normalise_batch`). The training pipeline then leaves brightness to the device
+too: its dict carries the drawn factor under "brightness", and normalise_batch applies
+it in the same arithmetic as the normalisation, so the CPU never makes a pass over the
+pixels for it.
 
 The training augmentation is specified by :func:`reference_train_transform`, a plain
 albumentations chain: an affine warp of the whole frame (rotation, shift, zoom), the
@@ -16,14 +19,15 @@ warped before the crop, so rotating never brings empty corners into the crop.
 :func:`train_transform` computes the same geometry in one pass: the affine warp, the
 flips, the crop and the resize are composed into one matrix and ``cv2.warpAffine``
 computes only the output pixels, straight from the full-resolution frame (reflected
-at its edges, as in the reference). Pixels stay uint8 until the last step, where one
-lookup table applies brightness (clipped at 255), scaling to [0, 1] and normalisation.
-The tests check that it matches the reference.
+at its edges, as in the reference). Brightness (clipped at 255) is a multiplication
+after the warp: a linear warp commutes with it except where the clip bites. The tests
+check that it matches the reference.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import albumentations as A
@@ -33,6 +37,12 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from gzoo.errors import GzooError
+
+# OpenCV on one thread in every gzoo process: the parallelism is the DataLoader's workers, and
+# OpenCV's own pool (one thread per core) gave no speed per image here, only 40 % more CPU taken
+# from the model. Set here, at import, in the main process: DataLoader workers inherit it when they
+# start; setting it inside a worker forked after the pool had started can deadlock.
+cv2.setNumThreads(1)
 
 
 def central_crop(img: np.ndarray, fraction: float) -> np.ndarray:
@@ -57,35 +67,43 @@ def _check_fraction(fraction: float) -> None:
         raise GzooError(f"data.crop_fraction must be in (0, 1], got {fraction}.")
 
 
-def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: float = 1.0, normalise: bool = True) -> torch.Tensor:
-    """uint8 (H, W, 3 or 4) -> tensor (3, H, W) of min(x * brightness, 255), normalised or not.
+def to_tensor(img: np.ndarray, mean: np.ndarray, std: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
+    """uint8 (H, W, 3 or 4) -> float32 tensor (3, H, W): (min(x * brightness, 255) / 255 - mean) / std.
 
-    normalise=True: float32 (x / 255 - mean) / std. normalise=False: uint8, for
-    :func:`normalise_batch` on the device (a quarter of the bytes to move). One lookup
-    table does it all in one pass, into a new array. A 4th channel (RGBX from the warp) goes
-    through the table too and is then left out of the view: no extra pass to drop it. The result
-    is a view of an (H, W, C) array, as permute gives; the DataLoader's collate copies it
-    into the contiguous batch.
+    One lookup table per channel does it all in one pass, into a new array; a 4th channel
+    (RGBX from the warp) maps to 0 and is left out of the view. The result is a view of an
+    (H, W, C) array, as permute gives; the DataLoader's collate copies it into the batch.
     """
     channels = img.shape[2]
     levels = np.minimum(np.arange(256.0) * brightness, 255.0)
-    if normalise:  # one table per channel (the 4th, if any, maps to 0)
-        lut = np.zeros((256, channels), np.float32)
-        lut[:, :3] = (levels[:, None] - 255.0 * mean) / (255.0 * std)
-        out = cv2.LUT(img, lut.reshape(256, 1, channels))
-    else:  # one table for all channels: about twice as fast
-        out = cv2.LUT(img, np.rint(levels).astype(np.uint8))
+    lut = np.zeros((256, channels), np.float32)
+    lut[:, :3] = (levels[:, None] - 255.0 * mean) / (255.0 * std)
+    out = cv2.LUT(img, lut.reshape(256, 1, channels))
     return torch.from_numpy(out.transpose(2, 0, 1)[:3])  # one torch call: each costs microseconds
 
 
-def normalise_batch(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """uint8 batch (B, 3, H, W) from ``normalise=False`` -> float32 (x / 255 - mean) / std, on x's device.
+def to_uint8_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3 or 4) -> uint8 tensor (3, H, W), a new contiguous array (a 4th channel is left out)."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[:3]))
 
+
+def normalise_batch(
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    brightness: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 batch (B, 3, H, W) from ``normalise=False`` -> float32 (min(x * brightness, 255) / 255 - mean) / std.
+
+    On x's device; ``brightness`` (B,) is the training pipeline's per-image factor, None for 1.
     GalaxyZooModule.forward calls it on every uint8 batch (mean and std already on the device).
     """
     mean_ = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std_ = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x.float() / 255.0 - mean_) / std_
+    x = x.float()
+    if brightness is not None:
+        x = (x * brightness.to(x.device, torch.float32).view(-1, 1, 1, 1)).clamp_(max=255.0)
+    return (x / 255.0 - mean_) / std_
 
 
 class EvalTransform:
@@ -99,7 +117,9 @@ class EvalTransform:
     def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
         crop = central_crop(image, self.crop_fraction)
         resized = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return {"image": to_tensor(resized, self.mean, self.std, normalise=self.normalise)}
+        if self.normalise:
+            return {"image": to_tensor(resized, self.mean, self.std)}
+        return {"image": torch.from_numpy(resized).permute(2, 0, 1)}  # a view of a new array: collate copies it
 
 
 class TrainTransform:
@@ -107,7 +127,10 @@ class TrainTransform:
 
     Random draws come from a generator that the training dataset reseeds for every image
     from (seed, epoch, index) (see data.EpochSampler), so runs repeat exactly, also after a
-    resume; without ``reseed`` they come from torch's global generator.
+    resume; without ``reseed`` they come from Python's global generator (``random.seed``;
+    Lightning's seed_everything and every DataLoader worker seed it). Python's generator,
+    not torch's: a torch call right after the warp costs tens of microseconds per image here
+    (its dispatch code has left the caches), as much as the colour conversion.
     """
 
     def __init__(
@@ -129,16 +152,17 @@ class TrainTransform:
         self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         self.rotate, self.shift, self.zoom = rotate, shift, tuple(zoom)
         self.hflip, self.vflip, self.brightness = hflip, vflip, tuple(brightness)
-        self.generator: torch.Generator | None = None  # None: torch's global generator
+        self.rng: random.Random | None = None  # None: Python's global generator
         self._scratch: dict[str, np.ndarray] = {}  # reused between calls; see apply
 
     def reseed(self, seed: int) -> None:
         """Draw the next parameters from a generator seeded with ``seed`` (see data.EpochSampler)."""
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = random.Random(seed)
 
     def draw(self) -> dict:
         """One set of random parameters, drawn as the reference draws them (x and y zoom and shift independently)."""
-        u = torch.rand(8, dtype=torch.float64, generator=self.generator).tolist()
+        rng = self.rng or random
+        u = [rng.random() for _ in range(8)]
         lerp = lambda lo, hi, t: lo + (hi - lo) * t  # noqa: E731
         return {
             "angle": lerp(-self.rotate, self.rotate, u[0]),
@@ -175,8 +199,8 @@ class TrainTransform:
         # The axes' map after the affine, multiplied out by hand (plain floats are faster than numpy here).
         return np.array([[kx * a00, kx * a01, kx * a02 + bx], [ky * a10, ky * a11, ky * a12 + by], [0.0, 0.0, 1.0]])
 
-    def apply(self, image: np.ndarray, angle=0.0, shift=(0.0, 0.0), zoom=(1.0, 1.0), hflip=False, vflip=False, brightness=1.0) -> torch.Tensor:
-        """The augmentation with the given parameters."""
+    def apply(self, image: np.ndarray, angle=0.0, shift=(0.0, 0.0), zoom=(1.0, 1.0), hflip=False, vflip=False, brightness=1.0) -> dict:
+        """The augmentation with the given parameters: {"image": tensor} (+ "brightness" with normalise=False)."""
         _, _, ch, cw = _crop_box(image.shape[:2], self.crop_fraction)
         # Linear interpolation aliases when it shrinks: then warp at crop size and shrink by area.
         shrink = self.size < min(ch, cw)
@@ -192,7 +216,11 @@ class TrainTransform:
         )
         if shrink:
             warped = cv2.resize(warped, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return to_tensor(warped, self.mean, self.std, brightness, self.normalise)
+        if self.normalise:
+            return {"image": to_tensor(warped, self.mean, self.std, brightness)}
+        # uint8: brightness goes to the device with the image (see normalise_batch); a plain float,
+        # which the DataLoader's collate turns into one (B,) tensor per batch.
+        return {"image": to_uint8_tensor(warped), "brightness": float(brightness)}
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A uint8 scratch array of ``shape``, the same one on every call with that shape."""
@@ -202,7 +230,7 @@ class TrainTransform:
         return buf
 
     def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"image": self.apply(image, **self.draw())}
+        return self.apply(image, **self.draw())
 
 
 def eval_transform(
@@ -231,7 +259,7 @@ def train_transform(
     has no preferred orientation); ``shift`` a fraction of the frame either way;
     ``zoom`` the range of the scale factor; ``hflip``/``vflip`` the probability of each
     flip; ``brightness`` the range of a multiplicative brightness factor. normalise=False:
-    uint8 out, see :func:`normalise_batch`.
+    uint8 out, with the brightness factor beside it for :func:`normalise_batch`.
     """
     return TrainTransform(image_size, mean, std, crop_fraction, rotate, shift, zoom, hflip, vflip, brightness, normalise)
 
