@@ -21,6 +21,7 @@ RESULT_KEYS = {
     "train_e2e_img_s", "train_e2e_fraction", "train_e2e_steps_s",
     "predict_e2e_wait_fraction", "train_e2e_wait_fraction",
     "predict_e2e_fraction_per_round", "train_e2e_fraction_per_round",
+    "model_forward_img_s_per_round", "predict_e2e_img_s_per_round", "model_train_img_s_per_round", "train_e2e_img_s_per_round",
 }  # fmt: skip
 
 
@@ -39,10 +40,13 @@ def test_bench_writes_every_figure_with_device_and_versions(tmp_path, capsys):
     results = report["results"]
     waits = {k: v for k, v in results.items() if k.endswith("wait_fraction")}
     assert all(0 <= v <= 1 for v in waits.values())
-    for name in ("predict_e2e", "train_e2e"):  # one ratio per round; the figure is their median
+    for name, alone in (("predict_e2e", "model_forward"), ("train_e2e", "model_train")):  # the figure is the median of rounds
         per_round = results.pop(f"{name}_fraction_per_round")
-        assert len(per_round) == 2 and all(r > 0 for r in per_round)
+        e2e_rates, alone_rates = results.pop(f"{name}_img_s_per_round"), results.pop(f"{alone}_img_s_per_round")
+        assert len(per_round) == len(e2e_rates) == 2 and len(alone_rates) == 3 and all(r > 0 for r in per_round)
+        assert per_round == pytest.approx(bench.ratios_to_neighbours(e2e_rates, alone_rates))
         assert results[f"{name}_fraction"] == pytest.approx(sum(per_round) / 2)
+        assert results[f"{name}_img_s"] == max(e2e_rates) and results[f"{alone}_img_s"] == max(alone_rates)
     assert all(v > 0 for k, v in results.items() if k not in waits)
     table = capsys.readouterr().out
     assert "train e2e" in table and "predict e2e" in table

@@ -13,7 +13,8 @@ not flatter it). Each end-to-end figure is measured ``rounds`` times, in turn wi
 model-alone figure (alone, e2e, alone, ..., alone), and its ratio is to the mean of the
 model-alone figures just before and just after it, the median over rounds: the machine's
 speed drifts by tens of percent over minutes here, and a steady drift cancels this way.
-The table's rates are the best of the rounds.
+The e2e rounds share one loader, its workers started once, as in training. The table's
+rates are the best of the rounds; the JSON has every round.
 ``threads`` sets torch's threads for the model (0: torch's default).
 
 All figures come from one run on one machine, so the ratios are what count:
@@ -330,15 +331,19 @@ def bench(
         "predict_e2e": ("model_forward", runner.forward, lambda: make_loader(step_paths, eval_tf, batch_size, workers, False, device)),
         "train_e2e": ("model_train", runner.train_step, lambda: make_loader(step_paths, train_tf, batch_size, workers, True, device)),
     }
-    for e2e, (alone, step, batches) in pairs.items():
+    for e2e, (alone, step, make) in pairs.items():
+        loader = make()  # one loader for every round, its workers started once, as in a training run
         alone_rates, e2e_rates, waits = [], [], []
         for r in range(rounds + 1):  # alone, e2e, alone, ..., alone: each e2e figure has an alone figure on either side
             alone_rates.append(runner.steps_per_s(step, repeat())[0])
             if r < rounds:
-                rate, wait = runner.steps_per_s(step, batches())
+                rate, wait = runner.steps_per_s(step, loader)
                 e2e_rates.append(rate)
                 waits.append(wait)
+        del loader  # its workers stop
         ratios = ratios_to_neighbours(e2e_rates, alone_rates)
+        results[f"{alone}_img_s_per_round"] = [batch_size * a for a in alone_rates]
+        results[f"{e2e}_img_s_per_round"] = [batch_size * e for e in e2e_rates]
         results[f"{alone}_img_s"], results[f"{e2e}_img_s"] = batch_size * max(alone_rates), batch_size * max(e2e_rates)
         results[f"{e2e}_fraction"] = float(np.median(ratios))
         results[f"{e2e}_fraction_per_round"] = ratios
