@@ -326,7 +326,7 @@ def bench(
     step_paths = list(itertools.islice(itertools.cycle(paths), batch_size * (steps + 1)))
     # The model-alone batch waits on the device; from the training pipeline, so it carries brightness too.
     fixed = runner.to_device(next(iter(make_loader(step_paths[:batch_size], train_tf, batch_size, 0, False, device))))
-    repeat = lambda: [fixed] * (steps + 1)  # noqa: E731
+    repeat = [fixed] * (steps + 1)
     pairs = {  # e2e name: (alone name, step, where the e2e batches come from)
         "predict_e2e": ("model_forward", runner.forward, lambda: make_loader(step_paths, eval_tf, batch_size, workers, False, device)),
         "train_e2e": ("model_train", runner.train_step, lambda: make_loader(step_paths, train_tf, batch_size, workers, True, device)),
@@ -335,7 +335,7 @@ def bench(
         loader = make()  # one loader for every round, its workers started once, as in a training run
         alone_rates, e2e_rates, waits = [], [], []
         for r in range(rounds + 1):  # alone, e2e, alone, ..., alone: each e2e figure has an alone figure on either side
-            alone_rates.append(runner.steps_per_s(step, repeat())[0])
+            alone_rates.append(runner.steps_per_s(step, repeat)[0])
             if r < rounds:
                 rate, wait = runner.steps_per_s(step, loader)
                 e2e_rates.append(rate)

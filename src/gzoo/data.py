@@ -245,10 +245,8 @@ class GalaxyZooDataset(Dataset):
             image = load_rgb(self.paths[i])
         except Exception as e:
             raise GzooError(f"image {self.paths[i]} cannot be read ({e}).") from None
-        out = self.transform(image=image)
-        item = {"image": out["image"], "id": int(self.ids[i])}
-        if "brightness" in out:  # the training pipeline's factor, applied on the device (transforms.normalise_batch)
-            item["brightness"] = out["brightness"]
+        # The transform's dict as it comes: "image", and "brightness" from the training pipeline (applied on the device).
+        item = {**self.transform(image=image), "id": int(self.ids[i])}
         if self.labels is not None:
             item["target"] = torch.from_numpy(self.labels[i])
             item["mask"] = torch.from_numpy(self.mask[i])
