@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -29,6 +31,15 @@ TINY = [
     "trainer.enable_model_summary=false",
     "~callbacks.progress_bar",
 ]
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same generators (Python's, numpy's, torch's), so random weights
+    and random draws, and so every comparison made with them, are the same on every run."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 def random_fractions(n: int, rng: np.random.Generator) -> np.ndarray:
