@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train bench tensorboard clean
+.PHONY: help install test test-slow test-gpu lint format train bench tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,19 @@ $(STAMP): pyproject.toml
 test: install ## run the fast test suite (CPU, no network)
 	$(PY) -m pytest -q
 
-test-slow: install ## run the slow tests (minutes: interrupted and resumed runs, sweeps); CI runs them after make test
+test-slow: install ## run the slow tests (minutes: interrupted and resumed runs, DDP, sweeps, notebooks, learning); CI runs them after make test
 	$(PY) -m pytest -q -m slow
+
+test-gpu: install ## run the tests that need a CUDA GPU
+	$(PY) -m pytest -q -m gpu
+
+lint: install ## ruff: the code's style and imports (CI runs it)
+	$(VENV)/bin/ruff check src tests notebooks
+	$(VENV)/bin/ruff format --check src tests
+
+format: install ## ruff: fix what can be fixed by itself
+	$(VENV)/bin/ruff check --fix src tests notebooks
+	$(VENV)/bin/ruff format src tests
 
 # `make train` runs the demo on synthetic galaxies; `make train DATA=/path/to/kaggle` runs the paper's recipe.
 RUN  ?= $(if $(DATA),recipe,demo)-$(shell date +%Y%m%d-%H%M%S)
@@ -41,7 +52,7 @@ train: install ## the main job: both phases on synthetic galaxies (CPU, minutes)
 	$(PY) -m gzoo.train $(TRAIN) phase=fulltune trainer.max_epochs=$(FULLTUNE_EPOCHS) $(ARGS)
 
 bench: install ## where time goes: decode, transforms, loader, model (images from GZOO_DATA; ARGS="model=b3 steps=3")
-	$(PY) -m gzoo.bench images=$${GZOO_DATA:-data/gz2}/images_training_rev1 out=outputs/bench.json $(ARGS)
+	$(PY) -m gzoo.tools.bench images=$${GZOO_DATA:-data/gz2}/images_training_rev1 out=outputs/bench.json $(ARGS)
 
 tensorboard: install ## open TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny Kaggle-layout data set and the real config, shrunk."""
+"""Shared test helpers: a tiny Kaggle-layout data set, the real config shrunk (debug=tiny), and one
+trained run (session-scoped) that the prediction, evaluation, export and gallery tests share."""
 
 from __future__ import annotations
 
@@ -13,24 +14,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from gzoo import schema
+from gzoo.train import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 SAMPLE = ROOT.parent / "shared" / "data" / "gz2-sample"
-
-# Every training test uses timm's tiny EfficientNet at a small input size, on the CPU.
-TINY = [
-    "model.timm_name=test_efficientnet",
-    "model.image_size=32",
-    "model.pretrained=false",
-    "data.num_workers=0",
-    "data.batch_size=8",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -76,9 +63,25 @@ def kaggle_dir(tmp_path: Path) -> Path:
 
 
 def make_cfg(tmp_path: Path, data_root: Path, *overrides: str):
-    """The real conf/train.yaml composed with Hydra, shrunk to a tiny CPU run writing under tmp_path."""
+    """The real train.yaml composed with Hydra, shrunk to a tiny CPU run (debug=tiny) writing under tmp_path."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "train",
-            overrides=[*TINY, f"paths.output_root={tmp_path / 'outputs'}", f"data.root={data_root}", *overrides],
+            overrides=["debug=tiny", f"paths.output_root={tmp_path / 'outputs'}", f"data.root={data_root}", *overrides],
         )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict:
+    """One tiny training run, shared: 40 galaxies with 20 % unknown cells, a held-out test part, the tree head.
+
+    Returns its metrics (metrics.json) plus "ckpt" (best.ckpt), "data" (the Kaggle folder) and "run_dir".
+    Tests must not write into the run folder except under a tmp_path of their own (eval out=..., export out=...).
+    """
+    from gzoo.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_kaggle(tmp / "gz2", n=40, unknown=0.2)
+    metrics = train(make_cfg(tmp, data, "data.missing_labels=mask", "data.test_fraction=0.2", "model.head=tree"))
+    ckpt = Path(metrics["best_checkpoint"])
+    return {**metrics, "ckpt": ckpt, "data": data, "run_dir": ckpt.parent.parent}

@@ -1,11 +1,14 @@
-"""The real conf/ composes for every variant and agrees with timm."""
+"""The real configs (src/gzoo/conf) compose for every variant and agree with timm; the paper's recipe is pinned."""
+
+import subprocess
+import sys
 
 import pytest
 import timm
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF
+from tests.conftest import CONF, ROOT
 
 VARIANTS = [f"b{i}" for i in range(8)]
 
@@ -26,12 +29,33 @@ def test_variant_composes_and_matches_timm_native_size(variant):
     OmegaConf.resolve(cfg)  # every interpolation resolves
 
 
-def test_recipe_defaults_are_the_papers():
-    cfg = compose_train()
-    assert (cfg.model.dropout, cfg.model.hidden, cfg.model.lr, cfg.model.lr_factor, cfg.model.lr_patience) == (0.5, 64, 1.5e-4, 0.8, 4)
-    assert (cfg.data.batch_size, cfg.data.val_fraction, cfg.data.crop_fraction) == (70, 0.15, 0.5)
-    assert cfg.model.pretrained is True
-    assert cfg.callbacks.early_stopping.patience == 10 and cfg.trainer.max_epochs == 50
+#: The seed report's recipe (reference/gz2.md), key by key.
+PAPER = {
+    "model.timm_name": "tf_efficientnet_b0.in1k", "model.image_size": 224, "model.pretrained": True, "model.weights": None,
+    "model.dropout": 0.5, "model.hidden": 64, "model.head": "sigmoid", "model.tree_after_epochs": 0,
+    "model.lr": 1.5e-4, "model.lr_factor": 0.8, "model.lr_patience": 4,
+    "data.batch_size": 70, "data.val_fraction": 0.15, "data.test_fraction": 0.0, "data.crop_fraction": 0.5,
+    "data.augment.rotate": 180, "data.augment.shift": 0.1, "data.augment.zoom": [0.8, 1.2], "data.augment.hflip": 0.5,
+    "data.augment.vflip": 0.5, "data.augment.brightness": [0.9, 1.2], "data.augment.extra": [],
+    "trainer.max_epochs": 50, "trainer.precision": "32-true", "callbacks.early_stopping.patience": 10,
+}  # fmt: skip
+
+
+def test_paper_b0_pins_the_whole_recipe_in_its_own_file():
+    """Every value of the recipe is written in experiment/paper_b0.yaml, so a later change of a default cannot move it."""
+    pinned = OmegaConf.load(CONF / "experiment" / "paper_b0.yaml")
+    for key, value in PAPER.items():
+        assert OmegaConf.select(pinned, key, default="<not pinned>") == value, key
+    cfg = compose_train("experiment=paper_b0")
+    assert {key: OmegaConf.select(cfg, key) for key in PAPER} == PAPER
+
+
+def test_train_help_lists_groups_without_private_files():
+    proc = subprocess.run([sys.executable, "-m", "gzoo.train", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    groups = proc.stdout.split("== Config ==")[0]
+    assert "model: b0, b1, b2, b3, b4, b5, b6, b7\n" in groups and "debug: tiny" in groups and "speed: cpu, gpu" in groups
+    assert ": _" not in groups and ", _" not in groups  # no private file offered as a choice
 
 
 def test_fulltune_starts_from_the_finetune_checkpoint_of_the_same_variant(tmp_path):
@@ -44,3 +68,23 @@ def test_fulltune_starts_from_the_finetune_checkpoint_of_the_same_variant(tmp_pa
 def test_experiment_recipe_composes():
     cfg = compose_train("experiment=paper_b0")
     assert cfg.name == "paper_b0" and cfg.model.name == "b0"
+
+
+def test_the_library_classes_defaults_are_the_configs():
+    """GalaxyZooDataModule and GalaxyZooModule take the keys of the data and model nodes; where their
+    Python signatures give a default (for use from Python), it is the config's, so the two cannot drift."""
+    import inspect
+
+    from gzoo.data import GalaxyZooDataModule
+    from gzoo.module import GalaxyZooModule
+
+    cfg = compose_train()
+    for cls, node in ((GalaxyZooDataModule, cfg.data), (GalaxyZooModule, cfg.model)):
+        params = inspect.signature(cls.__init__).parameters
+        values = OmegaConf.to_container(node, resolve=False)
+        assert set(values) - {"root", "name", "image_size"} <= set(params), cls  # every config key is an argument
+        for key, value in values.items():
+            default = params[key].default
+            if default is inspect.Parameter.empty or key in ("root", "image_size", "name"):  # given by the run: the data folder, the variant
+                continue
+            assert default == value or (isinstance(value, (list, dict)) and default is None), (cls.__name__, key, default, value)

@@ -1,4 +1,4 @@
-"""Catalogue validation, the split, the dataset."""
+"""Catalogue validation, the split, the dataset, the data module (and its config: extra transforms, exact resume)."""
 
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gzoo import schema
-from gzoo.data import GalaxyZooDataModule, read_catalog, split_ids
+from gzoo.data import PARTS, GalaxyZooDataModule, read_catalog, split_ids
 from gzoo.errors import GzooError
-from tests.conftest import write_kaggle
+from tests.conftest import make_cfg, write_kaggle
 
 
 def dm_for(root, **kw):
@@ -61,7 +61,7 @@ def test_empty_cell_is_an_error_by_default_and_masked_on_request(tmp_path):
         dm_for(root).setup()
     dm = dm_for(root, missing_labels="mask")
     dm.setup()
-    item = dm.datasets["train"][0]
+    item = dm.dataset("train")[0]
     raw = read_catalog(root / "training_solutions_rev1.csv", "mask").set_index("GalaxyID").loc[item["id"]].to_numpy()
     assert torch.equal(item["mask"], torch.tensor(~np.isnan(raw), dtype=torch.float32))
     assert torch.all(item["target"][item["mask"] == 0] == 0)
@@ -99,10 +99,16 @@ def test_split_is_seeded_disjoint_and_complete():
 def test_datamodule_split_ignores_loader_settings_and_limit_takes_first_rows(kaggle_dir):
     a, b = dm_for(kaggle_dir), GalaxyZooDataModule(root=str(kaggle_dir), image_size=64, batch_size=16, num_workers=0, progress=False)
     a.setup(), b.setup()
-    assert all(np.array_equal(a.splits[k], b.splits[k]) for k in a.splits)
+    assert all(np.array_equal(a.ids(k), b.ids(k)) for k in PARTS)
+    assert np.array_equal(np.sort(np.concatenate([a.ids(k) for k in ("train", "val", "test")])), a.ids("all"))
     small = dm_for(kaggle_dir, limit=20)
     small.setup()
-    assert len(small.catalog) == 20 and small.catalog.GalaxyID.tolist() == a.catalog.GalaxyID.tolist()[:20]
+    rows = read_catalog(kaggle_dir / "training_solutions_rev1.csv")[schema.ID_COLUMN].tolist()
+    assert len(small.catalog) == 20 and small.catalog.index.tolist() == rows[:20]
+    assert small.ids("all").tolist() == sorted(rows[:20])
+    np.testing.assert_array_equal(small.labels("all"), small.catalog.loc[small.ids("all"), schema.COLUMNS].to_numpy())
+    with pytest.raises(GzooError, match="data.limit"):
+        dm_for(kaggle_dir, limit=0).setup()
 
 
 def test_batches_have_the_expected_shapes(kaggle_dir):
@@ -128,3 +134,79 @@ def test_loader_workers_run_opencv_on_one_thread(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["1", "[1,", "1]"]
+
+
+# ----------------------------------------------------------------------------- the config's extra transforms
+
+NOISE = "data.augment.extra=[{_target_: albumentations.GaussNoise, std_range: [0.2, 0.3], p: 1.0}]"
+
+
+def dm_from_config(tmp_path, root, *overrides):
+    cfg = make_cfg(tmp_path, root, *overrides)
+    dm = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=False)
+    dm.setup()
+    return dm
+
+
+def test_an_albumentations_transform_appended_in_the_config_is_applied_to_training_images_only(tmp_path, kaggle_dir):
+    plain, noisy = dm_from_config(tmp_path, kaggle_dir), dm_from_config(tmp_path, kaggle_dir, NOISE)
+    assert [type(t).__name__ for t in noisy.train_tf.transforms] == ["GalaxyWarp", "GaussNoise", "ToTensorCHW"]
+    train_plain, train_noisy = plain.dataset("train"), noisy.dataset("train")
+    for i, epoch in [(0, 0), (3, 0), (3, 2)]:
+        a, b = train_plain[(i, epoch)], train_noisy[(i, epoch)]
+        assert a["id"] == b["id"] and b["image"].shape == a["image"].shape == (3, 32, 32) and b["image"].dtype == torch.uint8
+        assert a["brightness"] == b["brightness"]  # the noise draws after the warp: same geometry, same brightness
+        diff = b["image"].float() - a["image"].float()
+        assert diff.std() > 20  # grey levels: noise of std 0.2-0.3 of 255 (some of it clipped at 0 and 255)
+        assert (diff != 0).float().mean() > 0.5  # all over the image, not a shift of a few pixels
+    # Validation (and every other evaluation view) stays the plain central crop.
+    val_plain, val_noisy = plain.dataset("val"), noisy.dataset("val")
+    assert len(val_plain) > 0
+    for j in range(len(val_plain)):
+        assert torch.equal(val_plain[j]["image"], val_noisy[j]["image"])
+    assert "brightness" not in val_noisy[0]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.augment.extra=[{_target_: albumentations.NoSuchNoise, p: 1.0}]",
+        "data.augment.extra=[{_target_: albumentations.GaussNoise, std_range: [0.5, 0.1]}]",
+        "data.augment.extra=[{_target_: collections.OrderedDict}]",
+    ],
+    ids=["unknown-class", "bad-argument", "not-a-transform"],
+)
+def test_a_wrong_extra_transform_is_a_clear_error_naming_the_option(tmp_path, kaggle_dir, override):
+    cfg = make_cfg(tmp_path, kaggle_dir, override)
+    with pytest.raises(GzooError, match=r"^data\.augment\.extra: ") as e:
+        GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=False)
+    assert "\n" not in str(e.value) and override.split("_target_: ")[1].split(",")[0].rstrip("}]") in str(e.value)
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+
+@pytest.mark.parametrize("overrides", [(), (NOISE,)], ids=["recipe", "with-gauss-noise"])
+def test_each_training_item_depends_only_on_seed_epoch_and_index(tmp_path, kaggle_dir, overrides):
+    dm = dm_from_config(tmp_path, kaggle_dir, *overrides)
+    train = dm.dataset("train")
+    first = train[(2, 5)]
+    _ = train[(7, 5)], train[(2, 4)], train[(0, 0)]  # other items in between, as another worker's would be
+    again = train[(2, 5)]
+    assert torch.equal(first["image"], again["image"]) and first["brightness"] == again["brightness"]
+    # A resumed run is a new process: a new data module from the same config draws the same.
+    resumed = dm_from_config(tmp_path, kaggle_dir, *overrides).dataset("train")[(2, 5)]
+    assert torch.equal(first["image"], resumed["image"]) and first["brightness"] == resumed["brightness"]
+    # Another epoch (or another run seed) draws anew.
+    other_epoch = train[(2, 6)]
+    assert not torch.equal(first["image"], other_epoch["image"]) and first["brightness"] != other_epoch["brightness"]
+    other_seed = dm_from_config(tmp_path, kaggle_dir, *overrides, "seed=43").dataset("train")[(2, 5)]
+    assert first["brightness"] != other_seed["brightness"]
+
+
+def test_the_noise_itself_is_reseeded_per_item(tmp_path, kaggle_dir):
+    # Same geometry and brightness are not enough: the noise (numpy's generator) must repeat too.
+    plain, noisy = dm_from_config(tmp_path, kaggle_dir).dataset("train"), dm_from_config(tmp_path, kaggle_dir, NOISE).dataset("train")
+    noise = [noisy[(1, 3)]["image"].float() - plain[(1, 3)]["image"].float() for _ in range(2)]
+    assert torch.equal(noise[0], noise[1])
+    assert not torch.equal(noise[0], noisy[(1, 4)]["image"].float() - plain[(1, 4)]["image"].float())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gzoo.train import backbone_norm, build_datamodule, build_module
+from gzoo.train import build_datamodule, build_module
 from tests.conftest import make_cfg, write_kaggle
 
 
@@ -33,15 +33,13 @@ def test_ddp_val_rmse_equals_single_process(tmp_path):
         "trainer.strategy=ddp_spawn",  # "ddp" would re-launch pytest itself for the second process
         "trainer.precision=32-true",
         "trainer.limit_train_batches=2",
-        "model.channels_last=false",
         "data.batch_size=3",
     )
-    mean, std = backbone_norm(cfg.model.timm_name)
-    dm = build_datamodule(cfg, mean, std)
+    dm = build_datamodule(cfg)
     dm.setup()
-    assert len(dm.splits["val"]) == 7
+    assert len(dm.ids("val")) == 7
     torch.manual_seed(0)
-    module = build_module(cfg, mean, std, pretrained=False)
+    module = build_module(cfg, pretrained=False)
 
     # Train an epoch on 2 processes; its closing validation gives val/rmse, and the trained
     # weights come back to this process.
@@ -51,11 +49,11 @@ def test_ddp_val_rmse_equals_single_process(tmp_path):
     ddp = float(trainer.callback_metrics["val/rmse"])
 
     # The same weights in a fresh module (ddp_spawn also brings back the processes' metric states).
-    same = build_module(cfg, mean, std, pretrained=False)
+    same = build_module(cfg, pretrained=False)
     same.load_state_dict(module.state_dict())
     (single,) = L.Trainer(accelerator="cpu", devices=1, **quiet).validate(same, datamodule=dm, verbose=False)
-    exact = numpy_rmse(same, dm.datasets["val"])
+    exact = numpy_rmse(same, dm.dataset("val"))
     assert single["val/rmse"] == pytest.approx(exact, rel=1e-5)
     assert ddp == pytest.approx(exact, rel=1e-5)
     # A repeated galaxy (what a padding sampler adds) would move the number by more than that.
-    assert numpy_rmse(same, dm.datasets["val"], repeat_first=1) != pytest.approx(exact, rel=1e-3)
+    assert numpy_rmse(same, dm.dataset("val"), repeat_first=1) != pytest.approx(exact, rel=1e-3)

@@ -1,29 +1,25 @@
-"""Export to ONNX and TorchScript: same outputs as PyTorch, a sidecar with the preprocessing, no silent overwrite."""
+"""Export to ONNX and TorchScript: same outputs as PyTorch, a sidecar with the preprocessing, no silent overwrite.
+
+The checkpoint is the shared tiny run's (tests/conftest.py: trained_run, tree head); every export goes under tmp_path.
+"""
 
 import json
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from gzoo import schema
 from gzoo.export import export, load_exported, main, sidecar_path
-from gzoo.module import GalaxyZooModule
+from gzoo.module import load_net
 
 pytest.importorskip("onnxruntime", reason="ONNX export tests need onnx, onnxscript and onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny trained-looking checkpoint with the tree head (random weights, saved as gzoo.train saves)."""
-    torch.manual_seed(0)
-    module = GalaxyZooModule(timm_name="test_efficientnet", pretrained=False, image_size=32, head="tree")
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    path = tmp_path_factory.mktemp("run") / "best.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+def ckpt(trained_run):
+    """The shared run's best.ckpt: test_efficientnet at 32 px with the tree head, as gzoo.train saved it (read only)."""
+    return trained_run["ckpt"]
 
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
@@ -33,7 +29,7 @@ def test_exported_model_matches_pytorch(ckpt, tmp_path, fmt, suffix):
     assert meta["image_size"] == 32 and meta["crop_fraction"] == 0.5 and meta["head"] == "tree"
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["columns"] == schema.COLUMNS
 
-    reference = GalaxyZooModule.from_checkpoint(ckpt).eval()
+    reference = load_net(ckpt, "cpu")  # the GalaxyNet that was exported, as PyTorch runs it
     run = load_exported(out)
     for n in (1, 5):  # the batch size is free
         images = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)

@@ -56,7 +56,7 @@ def test_tree_head_switches_on_after_tree_after_epochs(tmp_path):
     for epoch in (0, 1):
         module = GalaxyZooModule.from_checkpoint(ckpts / f"e{epoch}.ckpt").eval()
         assert module.hparams.head == "tree"
-        assert module.active_head == ("sigmoid" if epoch == 0 else "tree")
+        assert module.net.head == ("sigmoid" if epoch == 0 else "tree")
         with torch.no_grad():
             inconsistency[epoch] = schema.tree_inconsistency(module(images).numpy())["max_abs"]
     assert inconsistency[0] > 1e-2 and inconsistency[1] < 1e-5

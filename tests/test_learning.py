@@ -9,8 +9,8 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF
 from gzoo.train import train
+from tests.conftest import CONF
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_b0_from_scratch_beats_predicting_the_mean_on_held_out_synthetic_galaxie
                 "data.synth.n_train=2000",  # 1700 train / 300 val
                 "data.synth.n_test=0",
                 "trainer.max_epochs=8",
-                "~callbacks.progress_bar",
+                "callbacks.progress_bar=null",
                 f"paths.output_root={tmp_path / 'outputs'}",
                 f"paths.synth_root={tmp_path / 'synthetic'}",
             ],

@@ -1,17 +1,19 @@
-"""GalaxyZooModule: tail, masked loss and RMSE, freezing, pretrained weights."""
+"""GalaxyZooModule and its GalaxyNet: tail, masked loss and RMSE in training, freezing, pretrained weights.
+
+The metric itself (MaskedRMSE, masked_mse) is tested in test_metrics.py."""
 
 import copy
 
 import lightning as L
-import numpy as np
 import pytest
 import timm
 import torch
 from torch.utils.data import DataLoader
 
-from gzoo import module as gm
+from gzoo import net as gn
 from gzoo.errors import GzooError
-from gzoo.module import GalaxyZooModule, MaskedRMSE, masked_mse
+from gzoo.metrics import masked_mse
+from gzoo.module import GalaxyZooModule
 
 TINY = dict(timm_name="test_efficientnet", pretrained=False, image_size=32)
 
@@ -29,31 +31,9 @@ def test_outputs_are_37_fractions():
     m = GalaxyZooModule(**TINY).eval()
     out = m(torch.randn(5, 3, 32, 32))
     assert out.shape == (5, 37) and out.min() >= 0 and out.max() <= 1
-    assert [type(x).__name__ for x in m.head] == ["Dropout", "Linear", "ReLU", "Linear"]
-    assert m.head[1].out_features == 64 and m.head[0].p == 0.5
-
-
-def test_masked_cells_change_neither_loss_nor_metric():
-    pred, target = torch.rand(6, 37), torch.rand(6, 37)
-    mask = (torch.rand(6, 37) > 0.3).float()
-    other = torch.where(mask.bool(), target, torch.rand(6, 37))  # differs only where mask is 0
-    assert masked_mse(pred, target, mask) == masked_mse(pred, other, mask)
-    a, b = MaskedRMSE(), MaskedRMSE()
-    a.update(pred, target, mask), b.update(pred, other, mask)
-    assert a.compute() == b.compute()
-    assert masked_mse(pred, other, torch.ones_like(mask)) != masked_mse(pred, target, torch.ones_like(mask))
-
-
-def test_rmse_is_over_all_values_of_the_epoch_not_a_mean_of_batches():
-    rng = np.random.default_rng(1)
-    metric, preds, targets, masks = MaskedRMSE(), [], [], []
-    for n in (3, 11, 1):  # uneven batches: a mean of per-batch RMSEs would differ
-        p, t, m = rng.random((n, 37)), rng.random((n, 37)), (rng.random((n, 37)) > 0.4).astype(float)
-        metric.update(torch.tensor(p), torch.tensor(t), torch.tensor(m))
-        preds.append(p), targets.append(t), masks.append(m)
-    p, t, m = (np.concatenate(x) for x in (preds, targets, masks))
-    expected = np.sqrt(((p - t) ** 2)[m == 1].mean())
-    assert metric.compute().item() == pytest.approx(expected, rel=1e-12)
+    assert [type(x).__name__ for x in m.net.tail] == ["Dropout", "Linear", "ReLU", "Linear"]
+    assert m.net.tail[1].out_features == 64 and m.net.tail[0].p == 0.5
+    assert m.net.head == "sigmoid"
 
 
 class BodyModeSpy(L.Callback):
@@ -67,38 +47,40 @@ class BodyModeSpy(L.Callback):
             if trainer.training:
                 self.body_training.append(any(m.training for m in body.modules()))
 
-        pl_module.body.register_forward_pre_hook(record)
+        pl_module.net.body.register_forward_pre_hook(record)
 
 
 def fit_few_steps(m):
     spy = BodyModeSpy()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[spy])
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[spy]
+    )
     trainer.fit(m, fake_batches(), fake_batches(8))
     return trainer, spy
 
 
 def test_frozen_body_keeps_weights_and_batchnorm_statistics_while_the_tail_learns():
     m = GalaxyZooModule(**TINY, freeze_body=True)
-    body_before = copy.deepcopy(m.body.state_dict())  # parameters and BatchNorm running stats
-    head_before = copy.deepcopy(m.head.state_dict())
+    body_before = copy.deepcopy(m.net.body.state_dict())  # parameters and BatchNorm running stats
+    tail_before = copy.deepcopy(m.net.tail.state_dict())
     m.train()  # as any caller may do; the frozen body must stay in eval mode
     trainer, spy = fit_few_steps(m)
     assert trainer.global_step == 6
     assert spy.body_training and not any(spy.body_training)  # BatchNorm in eval mode on every step
     assert any(k.endswith("running_mean") for k in body_before)
-    for k, v in m.body.state_dict().items():
+    for k, v in m.net.body.state_dict().items():
         assert torch.equal(v, body_before[k]), f"body {k} changed"
-    assert any(not torch.equal(v, head_before[k]) for k, v in m.head.state_dict().items())
+    assert any(not torch.equal(v, tail_before[k]) for k, v in m.net.tail.state_dict().items())
     opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-    assert opt_params == {id(p) for p in m.head.parameters()}
+    assert opt_params == {id(p) for p in m.net.tail.parameters()}
 
 
 def test_unfrozen_body_trains():
     m = GalaxyZooModule(**TINY, freeze_body=False)
-    before = copy.deepcopy(m.body.state_dict())
+    before = copy.deepcopy(m.net.body.state_dict())
     trainer, spy = fit_few_steps(m)
     assert all(spy.body_training)
-    assert any(not torch.equal(v, before[k]) for k, v in m.body.state_dict().items() if "running" not in k)
+    assert any(not torch.equal(v, before[k]) for k, v in m.net.body.state_dict().items() if "running" not in k)
     assert len([p for g in trainer.optimizers[0].param_groups for p in g["params"]]) == len(list(m.parameters()))
 
 
@@ -117,7 +99,7 @@ def test_lr_is_cut_by_0_8_after_4_epochs_without_improvement():
 
 def test_unfetchable_weights_stop_with_one_sentence_and_never_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(gm, "_weights_in_cache", lambda name: False)
+    monkeypatch.setattr(gn, "_weights_in_cache", lambda name: False)
     created = []
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: created.append(k) or pytest.fail("must not build a model"))
     with pytest.raises(GzooError, match=r"could not fetch the pretrained weights of tf_efficientnet_b0.in1k .*model.pretrained=false.*model.weights=PATH") as e:
@@ -130,7 +112,7 @@ def test_local_weights_file_is_loaded_and_its_classifier_ignored(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(source.state_dict(), path)
     m = GalaxyZooModule(timm_name="test_efficientnet", pretrained=True, weights=str(path))
-    for k, v in m.body.state_dict().items():
+    for k, v in m.net.body.state_dict().items():
         assert torch.equal(v, source.state_dict()[k])
     with pytest.raises(GzooError, match="model.weights=.*not found"):
         GalaxyZooModule(timm_name="test_efficientnet", weights=str(tmp_path / "nope.pth"))
@@ -156,7 +138,9 @@ def test_uint8_batches_are_normalised_with_the_models_mean_and_std():
     # Without normalisation the predictions differ: the check above can fail.
     assert not torch.allclose(m(x.float()), m(by_hand), atol=1e-3)
     # mean and std come from the hyperparameters, so checkpoints hold no extra tensors.
-    assert not {"pixel_mean", "pixel_std"} & set(m.state_dict())
+    assert {"net.pixel_mean", "net.pixel_std"} <= {name for name, _ in m.named_buffers()}
+    assert not [k for k in m.state_dict() if k.endswith(("pixel_mean", "pixel_std"))]
+    assert m.hparams.mean == mean and m.hparams.std == std
 
 
 def test_training_brightness_is_applied_on_the_device_before_normalising():

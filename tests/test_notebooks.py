@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 NOTEBOOKS = ["01_data_and_tree", "02_augmentations", "03_results"]
 
 
+@pytest.mark.slow  # about 25 s each on 2 cores
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("GZOO_NOTEBOOK_DIR", str(tmp_path))  # the kernel inherits the environment

@@ -1,4 +1,8 @@
-"""gzoo.predict: the Kaggle submission, test-time augmentation, safe writing, bad files, the command line."""
+"""gzoo.predict: the Kaggle submission, test-time augmentation, safe writing, bad files, the command line.
+
+The checkpoint is the shared tiny run's (tests/conftest.py: trained_run); the image folders are
+this module's own (their GalaxyIDs need only be files, not the run's galaxies).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,20 @@ import pytest
 
 from gzoo import predict, schema
 from gzoo.errors import GzooError
-from gzoo.predict import load_module, predict_folder, predict_images
-from gzoo.train import train
-from tests.conftest import make_cfg, write_kaggle
+from gzoo.module import load_net
+from gzoo.predict import PredictOptions, predict_images
+from tests.conftest import write_kaggle
 
-QUIET = {"progress": False, "num_workers": 0}
+
+def options(ckpt: Path, images: Path, out: Path, **kwargs) -> PredictOptions:
+    """The tool's options as the command line would make them: quiet, no workers, on the CPU."""
+    return PredictOptions(ckpt=Path(ckpt), images=Path(images), out=Path(out), **{"progress": False, "num_workers": 0, "device": "cpu", **kwargs})
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """A tiny model trained for one epoch: outputs/<...>/checkpoints/best.ckpt."""
-    tmp = tmp_path_factory.mktemp("run")
-    metrics = train(make_cfg(tmp, write_kaggle(tmp / "gz2", n=24)))
-    return Path(metrics["best_checkpoint"])
+def ckpt(trained_run) -> Path:
+    """The shared tiny run's best.ckpt (read only)."""
+    return trained_run["ckpt"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def images(tmp_path_factory) -> Path:
 
 
 def test_submission_has_the_kaggle_format(ckpt, images, tmp_path):
-    out = predict_folder(ckpt, images, tmp_path / "sub.csv", **QUIET)
+    out = predict.predict(options(ckpt, images, tmp_path / "sub.csv"))
     table = pd.read_csv(out)
     assert list(table.columns) == schema.HEADER
     assert table[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]  # one row per JPEG, numeric order
@@ -45,50 +50,52 @@ def test_submission_has_the_kaggle_format(ckpt, images, tmp_path):
     assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
     # The rows are the model's predictions for those files (to the 6 decimals written).
     paths = [images / f"{gid}.jpg" for gid in table[schema.ID_COLUMN]]
-    np.testing.assert_allclose(values, predict_images(load_module(ckpt, "cpu"), paths), atol=6e-7)
+    np.testing.assert_allclose(values, predict_images(load_net(ckpt, "cpu"), paths), atol=6e-7)
 
 
 def asymmetric_galaxy(seed: int = 0) -> np.ndarray:
-    """A 424x424 RGB image with no rotational or mirror symmetry."""
+    """A 424x424 RGB image with no rotational or mirror symmetry: an off-centre elliptical blob and,
+    inside the central crop, a bright bar in one corner (so even a nearly rotation-blind model sees it)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:424, :424]
     blob = 200 * np.exp(-((xx - 230) ** 2 / 800 + (yy - 190) ** 2 / 200))
+    blob = blob + 200 * ((xx > 120) & (xx < 200) & (yy > 120) & (yy < 170))
     return np.clip(blob[..., None] + rng.integers(0, 60, (424, 424, 3)), 0, 255).astype(np.uint8)
 
 
 def test_tta8_is_exactly_invariant_to_right_angle_rotations_and_flips(ckpt):
-    module = load_module(ckpt, "cpu")
+    net = load_net(ckpt, "cpu")
     image = asymmetric_galaxy()
     copies = [image, np.rot90(image), np.rot90(image, 2), np.rot90(image, 3), np.fliplr(image), np.flipud(np.rot90(image))]
     copies = [np.ascontiguousarray(c) for c in copies]
-    plain = predict_images(module, copies, tta=1)
+    plain = predict_images(net, copies, tta=1)
     assert np.abs(plain - plain[0]).max() > 1e-4  # the model alone does see the rotation ...
-    tta8 = predict_images(module, copies, tta=8)
+    tta8 = predict_images(net, copies, tta=8)
     np.testing.assert_allclose(tta8, np.broadcast_to(tta8[0], tta8.shape), atol=1e-5)  # ... the 8 views do not
     # tta=4 rotates the whole frame by 0, 90, 180, 270 degrees: exact for rotated copies too.
-    tta4 = predict_images(module, copies[:4], tta=4)
+    tta4 = predict_images(net, copies[:4], tta=4)
     np.testing.assert_allclose(tta4, np.broadcast_to(tta4[0], tta4.shape), atol=1e-5)
     # Other N use other angles, so they change the prediction.
-    assert np.abs(predict_images(module, [image], tta=3) - plain[0]).max() > 1e-5
+    assert np.abs(predict_images(net, [image], tta=3) - plain[0]).max() > 1e-5
 
 
 def test_an_interrupted_prediction_leaves_no_file(ckpt, images, tmp_path, monkeypatch):
-    real = predict.predict_batches
+    real = predict.predict_loader
 
     def interrupted(*args, **kwargs):
         batches = real(*args, **kwargs)
         yield next(batches)  # the first batch reaches the file ...
         raise KeyboardInterrupt  # ... then the user presses Ctrl-C
 
-    monkeypatch.setattr(predict, "predict_batches", interrupted)
+    monkeypatch.setattr(predict, "predict_loader", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(ckpt, images, tmp_path / "sub.csv", batch_size=2, **QUIET)
+        predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2))
     assert list(tmp_path.iterdir()) == []  # neither sub.csv nor a temporary file
 
     # An earlier result survives an interrupted overwrite untouched.
     (tmp_path / "sub.csv").write_text("earlier\n")
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(ckpt, images, tmp_path / "sub.csv", batch_size=2, overwrite=True, **QUIET)
+        predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2, overwrite=True))
     assert (tmp_path / "sub.csv").read_text() == "earlier\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
 
@@ -97,9 +104,9 @@ def test_an_existing_output_is_kept_unless_overwrite(ckpt, images, tmp_path):
     out = tmp_path / "sub.csv"
     out.write_text("earlier\n")
     with pytest.raises(GzooError, match="already exists; pass overwrite=true"):
-        predict_folder(ckpt, images, out, **QUIET)
+        predict.predict(options(ckpt, images, out))
     assert out.read_text() == "earlier\n"
-    predict_folder(ckpt, images, out, overwrite=True, **QUIET)
+    predict.predict(options(ckpt, images, out, overwrite=True))
     assert len(pd.read_csv(out)) == 7
 
 
@@ -114,12 +121,12 @@ def with_bad_files(images, tmp_path) -> Path:
 
 def test_a_bad_image_is_an_error_naming_it(ckpt, with_bad_files, tmp_path):
     with pytest.raises(GzooError, match=r"image .*11\.jpg cannot be read.*on_bad_image=skip"):
-        predict_folder(ckpt, with_bad_files, tmp_path / "sub.csv", **QUIET)
+        predict.predict(options(ckpt, with_bad_files, tmp_path / "sub.csv"))
     assert not (tmp_path / "sub.csv").exists()
 
 
 def test_skip_leaves_bad_images_out_and_lists_them(ckpt, with_bad_files, tmp_path, capsys):
-    out = predict_folder(ckpt, with_bad_files, tmp_path / "sub.csv", on_bad_image="skip", **QUIET)
+    out = predict.predict(options(ckpt, with_bad_files, tmp_path / "sub.csv", on_bad_image="skip"))
     assert pd.read_csv(out)[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]
     listed = (tmp_path / "sub.csv.skipped.txt").read_text().splitlines()
     assert [Path(line.split("\t")[0]).name for line in listed] == ["11.jpg", "12.jpg"]
@@ -128,7 +135,7 @@ def test_skip_leaves_bad_images_out_and_lists_them(ckpt, with_bad_files, tmp_pat
 
 def test_command_line(ckpt, images, tmp_path, capsys):
     out = tmp_path / "sub.csv"
-    assert predict.main([f"ckpt={ckpt}", f"images={images}", f"out={out}", "tta=2", "num_workers=0", "progress=false"]) == 0
+    assert predict.main([f"ckpt={ckpt}", f"images={images}", f"out={out}", "tta=2", "num_workers=0", "progress=false", "device=cpu"]) == 0
     assert len(pd.read_csv(out)) == 7
     assert "images/s (tta=2)" in capsys.readouterr().out
 
@@ -136,9 +143,9 @@ def test_command_line(ckpt, images, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["ckpt=x", "images=y", "out=z.csv", "colour=red"], "unknown key 'colour'"),
-        (["ckpt=x", "images=y", "out=z.csv", "tta=0"], "tta='0': expected an integer >= 1"),
-        (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "expected one of error, skip"),
+        (["ckpt=x", "images=y", "out=z.csv", "colour=red"], "unknown option 'colour'"),
+        (["ckpt=x", "images=y", "out=z.csv", "tta=0"], "tta=0 must be >= 1"),
+        (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "on_bad_image=ignore is not one of error, skip"),
         (["ckpt=x", "images=y"], "out=... is required"),
         (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "no .jpg files"),
     ],
@@ -153,4 +160,4 @@ def test_command_line_mistakes_are_one_sentence(args, message, tmp_path, monkeyp
 
 def test_a_missing_checkpoint_is_named(images, tmp_path):
     with pytest.raises(GzooError, match="checkpoint .*nope.ckpt not found"):
-        predict_folder(tmp_path / "nope.ckpt", images, tmp_path / "sub.csv", **QUIET)
+        predict.predict(options(tmp_path / "nope.ckpt", images, tmp_path / "sub.csv"))

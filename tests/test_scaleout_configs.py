@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from gzoo.train import build_module
-from tests.conftest import CONF, ROOT, TINY, make_cfg, write_kaggle
+from tests.conftest import CONF, ROOT, make_cfg, write_kaggle
 
 
 def compose_train(*overrides: str, hydra_config: bool = False):
@@ -29,27 +29,36 @@ def test_default_trainer_is_exact_and_gpu_preset_is_fast():
     cfg = compose_train()
     assert cfg.trainer.precision == "32-true" and cfg.trainer.accumulate_grad_batches == 1
     assert cfg.trainer.gradient_clip_val is None
-    assert not cfg.model.channels_last and not cfg.model.compile
+    assert not cfg.speed.channels_last and not cfg.speed.compile
 
-    gpu = compose_train("trainer=gpu", "model=b3")
+    gpu = compose_train("trainer=gpu", "speed=gpu", "model=b3")
     print(OmegaConf.to_yaml(gpu.trainer))
     assert gpu.trainer.accelerator == "gpu" and gpu.trainer.precision == "bf16-mixed"
-    assert gpu.model.channels_last and gpu.model.name == "b3"
+    assert gpu.speed.channels_last and gpu.data.num_workers == 8 and gpu.model.name == "b3"
     assert gpu.trainer.max_epochs == 50  # the rest of trainer/default.yaml is kept
 
 
+def test_trainer_group_holds_trainer_arguments_only():
+    """Every key of every trainer preset is a lightning.Trainer argument (speed knobs on the model or data live in speed/)."""
+    import inspect
+
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters)
+    for preset in ("default", "gpu", "ddp"):
+        keys = set(compose_train(f"trainer={preset}").trainer)
+        assert keys <= allowed, (preset, keys - allowed)
+
+
 def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys(tmp_path):
-    norm = ((0.5,) * 3, (0.25,) * 3)
     torch.manual_seed(0)
-    plain = build_module(make_cfg(tmp_path, tmp_path), *norm, pretrained=False).eval()
-    nhwc = build_module(make_cfg(tmp_path, tmp_path, "model.channels_last=true"), *norm, pretrained=False)
+    plain = build_module(make_cfg(tmp_path, tmp_path), pretrained=False).eval()
+    nhwc = build_module(make_cfg(tmp_path, tmp_path, "speed.channels_last=true"), pretrained=False)
     nhwc.load_state_dict(plain.state_dict())
-    assert nhwc.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.net.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(nhwc.eval()(x), plain(x), atol=1e-5, rtol=1e-4)
     # compiled lazily (running it takes minutes on a CPU); checkpoints keep their parameter names
-    compiled = build_module(make_cfg(tmp_path, tmp_path, "model.compile=true"), *norm, pretrained=False)
+    compiled = build_module(make_cfg(tmp_path, tmp_path, "speed.compile=true"), pretrained=False)
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
 
@@ -64,7 +73,7 @@ def test_ddp_preset_takes_devices_and_nodes():
     cfg = compose_train("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
     print(OmegaConf.to_yaml(cfg.trainer))
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 8 and cfg.trainer.num_nodes == 2
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last  # on top of trainer=gpu
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"  # on top of trainer=gpu
 
 
 def test_slurm_launcher_gets_one_task_per_gpu_on_each_node():
@@ -102,7 +111,7 @@ def test_optuna_search_runs_and_minimises_val_rmse(tmp_path):
     cmd = [
         sys.executable, "-m", "gzoo.train", "-m", "hparams_search=optuna",
         "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-        f"paths.output_root={out}", f"data.root={data}", *TINY,
+        f"paths.output_root={out}", f"data.root={data}", "debug=tiny",
     ]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,8 +14,11 @@ import pytest
 from PIL import Image
 
 from gzoo import schema, synth
-from gzoo.contact_sheet import contact_sheet
 from gzoo.errors import GzooError
+from gzoo.synth.__main__ import SynthOptions
+from gzoo.synth.__main__ import main as synth_main
+from gzoo.tools.contact_sheet import contact_sheet
+from gzoo.tools.contact_sheet import main as contact_sheet_main
 
 N_TRAIN, N_TEST, SEED = 8, 4, 7
 
@@ -61,8 +65,7 @@ def test_kaggle_layout(dataset):
             with Image.open(dataset / folder / f"{gid}.jpg") as image:
                 assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (424, 424))
     assert not set(train[schema.ID_COLUMN]) & set(test[schema.ID_COLUMN])
-    assert json.loads((dataset / synth.PARAMS).read_text()) == {
-        "n_train": N_TRAIN, "n_test": N_TEST, "seed": SEED, "version": synth.VERSION}
+    assert json.loads((dataset / synth.PARAMS).read_text()) == {"n_train": N_TRAIN, "n_test": N_TEST, "seed": SEED, "version": synth.VERSION}
     assert not list(dataset.glob("*.tmp")) and not (dataset / synth.PARTIAL).exists()
 
 
@@ -124,14 +127,14 @@ def test_galaxy_sits_in_the_central_crop(dataset):
 
 def test_refuses_to_replace_a_different_data_set(dataset, tmp_path):
     out = tmp_path / "gz2"
-    assert synth.main([f"out={out}", "n_train=3", "n_test=1", "progress=false"]) == 0
+    assert synth_main([f"out={out}", "n_train=3", "n_test=1", "progress=false"]) == 0
     before = files(out)
     with pytest.raises(GzooError, match="overwrite=true"):
         synth.generate(out, 3, 1, seed=1, progress=False)
-    assert synth.main([f"out={out}", "n_train=3", "n_test=1", "seed=1", "progress=false"]) == 2
+    assert synth_main([f"out={out}", "n_train=3", "n_test=1", "seed=1", "progress=false"]) == 2
     assert files(out) == before
     assert synth.generate(out, 3, 1, seed=0, progress=False) == out and files(out) == before  # same set: kept
-    assert synth.main([f"out={out}", "n_train=2", "n_test=1", "seed=1", "overwrite=true", "progress=false"]) == 0
+    assert synth_main([f"out={out}", "n_train=2", "n_test=1", "seed=1", "overwrite=true", "progress=false"]) == 0
     assert synth.read_params(out)["seed"] == 1 and len(list((out / synth.TRAIN_DIR).iterdir())) == 2
 
 
@@ -142,19 +145,70 @@ def test_refuses_to_write_over_real_data(tmp_path):
     assert (tmp_path / synth.TRAIN_CSV).read_text() == ",".join(schema.HEADER) + "\n"
 
 
+def one_error_line(err: str) -> str:
+    """The one line a user's mistake prints on stderr (no traceback, nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[gzoo] error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
 def test_cli_bad_key_or_value_is_one_clear_error(tmp_path, capsys):
-    assert synth.main([f"out={tmp_path}", "colour=red"]) == 2
-    assert "unknown key 'colour'" in capsys.readouterr().err
-    assert synth.main([f"out={tmp_path}", "n_train=many"]) == 2
-    assert "n_train='many': expected an integer." in capsys.readouterr().err
-    assert synth.main([f"out={tmp_path}", "n_train=-3"]) == 2
-    assert "n_train='-3': expected an integer >= 1." in capsys.readouterr().err
+    assert synth_main([f"out={tmp_path}", "colour=red"]) == 2
+    assert "unknown option 'colour'" in one_error_line(capsys.readouterr().err)
+    assert synth_main([f"out={tmp_path}", "n_train=abc"]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith("[gzoo] error: n_train='abc' is not a valid value (expected an integer)")
+    assert synth_main([f"out={tmp_path}", "n_train=many"]) == 2
+    assert "n_train='many' is not a valid value (expected an integer)" in one_error_line(capsys.readouterr().err)
+    assert synth_main([f"out={tmp_path}", "n_train=0"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "[gzoo] error: n_train=0 must be >= 1."
+    assert synth_main([f"out={tmp_path}", "n_train=-3"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "[gzoo] error: n_train=-3 must be >= 1."
+    for bad, message in (
+        ("n_test=-1", "n_test=-1 must be >= 0."),
+        ("seed=-1", "seed=-1 must be >= 0."),
+        ("workers=0", "workers=0 must be >= 1."),
+        ("overwrite=maybe", "overwrite='maybe' is not"),
+    ):
+        assert synth_main([f"out={tmp_path}", bad]) == 2
+        assert message in one_error_line(capsys.readouterr().err)
+    assert synth_main(["n_train=3"]) == 2  # out is required
+    assert "out=... is required" in one_error_line(capsys.readouterr().err)
+    assert synth_main(["out=", "n_train=3"]) == 2  # an empty path is not the current folder
+    assert "out='' is not a valid value" in one_error_line(capsys.readouterr().err)
+    assert capsys.readouterr().out == ""
     command = [sys.executable, "-m", "gzoo.synth", f"out={tmp_path}", "nrain=5"]
-    run = subprocess.run(command, capture_output=True, text=True)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-        "[gzoo] error: unknown key 'nrain'; the keys are out, n_train, n_test, seed, overwrite, workers, progress."
+        "[gzoo] error: unknown option 'nrain'; the options are out, n_train, n_test, seed, overwrite, workers, progress."
     ]
     assert not list(tmp_path.iterdir())
+
+
+DEFAULTS = {"out": "(required)", "n_train": "1000", "n_test": "200", "seed": "0", "overwrite": "false", "workers": "1", "progress": "true"}
+
+
+def check_help(text: str) -> None:
+    """--help lists every option, with its default and its comment, on one line each."""
+    fields = dataclasses.fields(SynthOptions)
+    assert [f.name for f in fields] == list(DEFAULTS)
+    for f in fields:
+        line = next((row for row in text.splitlines() if row.split() and row.split()[0] == f"{f.name}={DEFAULTS[f.name]}"), None)
+        assert line is not None and line.rstrip().endswith(f.metadata["help"]) and f.metadata["help"], (f.name, text)
+    assert [f.metadata["low"] for f in fields] == [None, 1, 0, 0, None, 1, None]
+
+
+def test_cli_help_lists_every_option(tmp_path, capsys):
+    assert synth_main(["--help"]) == 0
+    captured = capsys.readouterr()
+    check_help(captured.out)
+    assert captured.err == "" and not list(tmp_path.iterdir())
+
+
+def test_cli_help_runs_as_a_module(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "gzoo.synth", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    check_help(run.stdout)
+    assert not list(tmp_path.iterdir())  # help writes nothing
 
 
 def test_contact_sheet_draws_every_row(tmp_path):
@@ -166,3 +220,13 @@ def test_contact_sheet_draws_every_row(tmp_path):
     for row in range(7):  # every synthetic tile was drawn (dark sky, not the white background)
         for k in range(2):
             assert pixels[30 + row * 60 + 5 : 30 + row * 60 + 40, 150 + k * 60 + 5 : 150 + k * 60 + 55].mean() < 120
+
+
+def test_contact_sheet_cli_needs_real(tmp_path, capsys):
+    assert contact_sheet_main([f"out={tmp_path / 'sheet.png'}"]) == 2
+    assert "real=... is required" in one_error_line(capsys.readouterr().err)
+    assert contact_sheet_main([f"out={tmp_path / 'sheet.png'}", f"real={tmp_path}", "per_side=0"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "[gzoo] error: per_side=0 must be >= 1."
+    assert contact_sheet_main([f"out={tmp_path / 'sheet.png'}", f"real={tmp_path}"]) == 2  # no solutions CSV
+    assert "has neither training_solutions_rev1.csv" in one_error_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from gzoo import schema
-from gzoo.data import GalaxyZooDataset, read_catalog, split_ids
+from gzoo.data import read_catalog, split_ids
 from gzoo.errors import GzooError
-from gzoo.module import GalaxyZooModule
+from gzoo.images import load_image
+from gzoo.module import load_net
 from gzoo.train import train
 from gzoo.transforms import eval_transform
 from tests.conftest import ROOT, make_cfg, write_kaggle
@@ -24,13 +25,13 @@ def masked_data(tmp_path_factory):
 
 def numpy_val_rmse(ckpt, data_root, cfg):
     """sqrt(mean((p - a)^2)) over the known values of the whole validation part, computed outside Lightning."""
-    model = GalaxyZooModule.from_checkpoint(ckpt).eval()
+    net = load_net(ckpt)
     cat = read_catalog(data_root / "training_solutions_rev1.csv", "mask").set_index("GalaxyID")
     val_ids = split_ids(cat.index.to_numpy(), cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)["val"]
-    tf = eval_transform(32, model.hparams.mean, model.hparams.std, 0.5)
-    ds = GalaxyZooDataset([data_root / "images_training_rev1" / f"{i}.jpg" for i in val_ids], None, val_ids, tf)
+    tf = eval_transform(32, 0.5)
+    images = [tf(image=load_image(data_root / "images_training_rev1" / f"{i}.jpg"))["image"] for i in val_ids]
     with torch.no_grad():
-        preds = model(torch.stack([ds[i]["image"] for i in range(len(ds))])).numpy().astype(np.float64)
+        preds = net(torch.stack(images)).numpy().astype(np.float64)
     truth = cat.loc[val_ids, schema.COLUMNS].to_numpy()
     known = ~np.isnan(truth)
     return float(np.sqrt(((preds - truth)[known] ** 2).mean()))
@@ -66,7 +67,9 @@ def test_finetune_then_fulltune(tmp_path, masked_data, monkeypatch):
 
 
 def test_fulltune_without_finetune_says_which_command_makes_it(tmp_path, kaggle_dir):
-    with pytest.raises(GzooError, match=r"finetune/checkpoints/best.ckpt, which does not exist; make it first with `python -m gzoo.train phase=finetune model=b0"):
+    with pytest.raises(
+        GzooError, match=r"finetune/checkpoints/best.ckpt, which does not exist; make it first with `python -m gzoo.train phase=finetune model=b0"
+    ):
         train(make_cfg(tmp_path, kaggle_dir, "phase=fulltune"))
 
 
@@ -97,10 +100,17 @@ def test_command_line_user_error_is_one_sentence_without_traceback(tmp_path, kag
     csv = kaggle_dir / "training_solutions_rev1.csv"
     csv.write_text(csv.read_text().replace("Class1.1", "Class1_1", 1))
     proc = subprocess.run(
-        [sys.executable, "-m", "gzoo.train", f"data.root={kaggle_dir}", f"paths.output_root={tmp_path}", "model.pretrained=false"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [sys.executable, "-m", "gzoo.train", "debug=tiny", f"data.root={kaggle_dir}", f"paths.output_root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[gzoo] error:")]
-    assert errors == ["[gzoo] error: labels file " + str(csv) + " has the wrong header: column 2 is 'Class1_1', expected 'Class1.1' (expected GalaxyID then Class1.1 ... Class11.6 in Kaggle order)."]
+    assert errors == [
+        "[gzoo] error: labels file "
+        + str(csv)
+        + " has the wrong header: column 2 is 'Class1_1', expected 'Class1.1' (expected GalaxyID then Class1.1 ... Class11.6 in Kaggle order)."
+    ]

@@ -7,3 +7,7 @@ class GzooError(Exception):
 
 class NonFiniteLossError(GzooError):
     """The training loss became NaN or infinite; the run stops before saving the bad weights."""
+
+
+class RunInterrupted(GzooError):
+    """A signal (e.g. SLURM's SIGTERM before pre-emption) stopped the run; its last checkpoint is intact."""

@@ -1,16 +1,14 @@
 """Evaluation report of a checkpoint: RMSE overall, per question and per answer, beside the
 predict-the-training-mean baseline, with and without test-time augmentation.
 
-    python -m gzoo.evaluate ckpt=PATH [split=val|test|all] [tta=1,8] [out=DIR] [overwrite=false]
-        [data.root=DIR] [data.labels_csv=NAME] [data.images_dir=NAME] [data.missing_labels=error|mask]
-        [config=PATH] [batch_size=32] [num_workers=2] [device=auto] [progress=true]
+    python -m gzoo.evaluate ckpt=PATH [split=val|test|train|all] [tta=[1,8]] [data.root=DIR] ...
 
-The run's resolved config (<run_dir>/config.yaml, beside checkpoints/; or config=PATH)
-gives the data and the split (data.split_seed, data.val_fraction, data.test_fraction,
-data.limit), so split=val is exactly the part the run was validated on. data.root=DIR
-evaluates another labelled folder in the Kaggle layout (all of it unless split= says
-otherwise). The baseline predicts, for every galaxy, each column's mean over the run's
-training part. Unknown (empty) label cells are left out of every RMSE.
+The run's data module is rebuilt from its resolved config (<run_dir>/config.yaml, beside
+checkpoints/; or config=PATH), so split=val is by construction exactly the part the run was
+validated on: the same catalogue, limit, split and images left out. data.root=DIR evaluates
+another labelled folder in the Kaggle layout (all of it unless split= says otherwise). The
+baseline predicts, for every galaxy, each column's mean over the run's training part.
+Unknown (empty) label cells are left out of every RMSE.
 
 Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder>-<split> for
 another folder): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
@@ -24,7 +22,7 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,48 +31,43 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from gzoo import cli, schema
-from gzoo.data import MISSING_LABEL_MODES, read_catalog, split_ids
+from gzoo import schema
+from gzoo.config import REQUIRED, option, run_tool
+from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
 from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
-from gzoo.files import atomic_open
-from gzoo.predict import load_module, predict_images
-from gzoo.train import say
+from gzoo.io import atomic_open
+from gzoo.log import say
+from gzoo.metrics import mean_prediction, rmse_table
+from gzoo.module import load_net
+from gzoo.net import PRECISIONS
+from gzoo.predict import predict_loader, tta_angles
 
-SPLITS = ("train", "val", "test", "all")
 OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
 
 
-# ----------------------------------------------------------------------------- numbers
+@dataclass
+class OtherData:
+    root: Path | None = option(None, "another labelled folder in the Kaggle layout (default: the run's data)")
+    labels_csv: str | None = option(None, "its labels file (default: the run's)")
+    images_dir: str | None = option(None, "its image folder (default: the run's)")
+    missing_labels: str | None = option(None, "error or mask: how its empty cells are read (default: the run's)", choices=(None, *MISSING_LABEL_MODES))
 
 
-def rmse_table(pred: np.ndarray, true: np.ndarray) -> dict:
-    """RMSE over the known (non-NaN) cells of ``true``: overall, per question and per answer.
-
-    Each is one number over all its cells, as Kaggle scores (not a mean of smaller RMSEs);
-    NaN where there is no known cell.
-    """
-    sq = (np.asarray(pred, dtype=np.float64) - true) ** 2  # NaN where true is unknown
-
-    def rmse(cells: np.ndarray) -> float:
-        return float(np.sqrt(np.nanmean(cells))) if np.isfinite(cells).any() else float("nan")
-
-    return {
-        "rmse": rmse(sq),
-        "per_question": {f"Q{q.number}": rmse(sq[:, sl]) for q, sl in schema.question_slices()},
-        "per_answer": {c: rmse(sq[:, i]) for i, c in enumerate(schema.COLUMNS)},
-    }
-
-
-def labelled_part(data: DictConfig, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """GalaxyIDs and labels (NaN = unknown) of one part of a labelled folder, split as training splits it."""
-    catalog = read_catalog(Path(data.root) / data.labels_csv, data.missing_labels)
-    if data.get("limit"):
-        catalog = catalog.iloc[: data.limit]
-    ids = catalog[schema.ID_COLUMN].to_numpy()
-    if part != "all":
-        ids = split_ids(ids, data.val_fraction, data.test_fraction, data.split_seed)[part]
-    return ids, catalog.set_index(schema.ID_COLUMN).loc[ids, schema.COLUMNS].to_numpy()
+@dataclass
+class EvaluateOptions:
+    ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
+    split: str | None = option(None, "the part scored: val (default), test, train, or all (default for another folder)", choices=(None, *PARTS))
+    tta: list[int] = option([1, 8], "the test-time augmentations compared (views per galaxy; see gzoo.predict)", low=1)
+    out: Path | None = option(None, "the report folder (default <run_dir>/eval/<split>)")
+    overwrite: bool = option(False, "replace an earlier report in out")
+    data: OtherData = field(default_factory=OtherData)
+    config: Path | None = option(None, "the run's config.yaml (default: beside the checkpoint's checkpoints/ folder)")
+    batch_size: int = option(32, "galaxies per batch", low=1)
+    num_workers: int = option(2, "DataLoader worker processes decoding images", low=0)
+    device: str = option("auto", "auto (the GPU if there is one), cpu, cuda ...")
+    precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
+    progress: bool = option(True, "show progress bars")
 
 
 def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
@@ -148,7 +141,8 @@ def write_markdown(path: Path, report: dict) -> None:
         "| question | " + " | ".join(f"tta={n}" for n in ttas) + " | training mean |",
         "|---|" + "---|" * (len(ttas) + 1),
         *(
-            f"| Q{q.number} {q.text} | " + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
+            f"| Q{q.number} {q.text} | "
+            + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
             + f" | {_number(base['per_question'][f'Q{q.number}'], 4)} |"
             for q in schema.QUESTIONS
         ),
@@ -165,62 +159,48 @@ def write_markdown(path: Path, report: dict) -> None:
 # ----------------------------------------------------------------------------- the report
 
 
-def evaluate(
-    ckpt: str | Path,
-    split: str | None = None,
-    tta: Sequence[int] = (1, 8),
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    data_root: str | None = None,
-    data_labels_csv: str | None = None,
-    data_images_dir: str | None = None,
-    data_missing_labels: str | None = None,
-    config: str | Path | None = None,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    device: str = "auto",
-    progress: bool = True,
-) -> dict:
-    """Score ``ckpt`` on a labelled part; write the report files and return the report."""
-    ckpt = Path(ckpt)
-    cfg = read_run_config(ckpt, Path(config) if config else None)
-    run_data = cfg.data
-    data = run_data.copy()
-    for key, value in (("root", data_root), ("labels_csv", data_labels_csv), ("images_dir", data_images_dir), ("missing_labels", data_missing_labels)):
-        if value is not None:
-            data[key] = str(value)
-    other_folder = Path(data.root).resolve() != Path(run_data.root).resolve()
-    split = split or ("all" if other_folder else "val")
-    if split not in SPLITS:
-        raise GzooError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
-    out = Path(out) if out else ckpt.parent.parent / "eval" / (f"{Path(data.root).name}-{split}" if other_folder else split)
-    if not overwrite and any((out / name).exists() for name in OUTPUTS):
+def evaluate(o: EvaluateOptions) -> dict:
+    """Score ``o.ckpt`` on a labelled part; write the report files and return the report."""
+    cfg = read_run_config(o.ckpt, o.config)
+    run_data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress)
+    other = {k: str(v) for k, v in vars(o.data).items() if v is not None}
+    other_folder = "root" in other and Path(other["root"]).resolve() != Path(cfg.data.root).resolve()
+    data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress, **other) if other else run_data
+    split = o.split or ("all" if other_folder else "val")
+    out = o.out or o.ckpt.parent.parent / "eval" / (f"{Path(other['root']).name}-{split}" if other_folder else split)
+    if not o.overwrite and any((out / name).exists() for name in OUTPUTS):
         raise GzooError(f"{out} already holds an evaluation; pass overwrite=true to replace it, or out=<another folder>.")
 
-    ids, true = labelled_part(data, split)
+    data.setup()
+    ids, true = data.ids(split), data.labels(split)
     if len(ids) == 0:
-        raise GzooError(f"split={split} of {data.root} is empty (data.val_fraction={data.val_fraction}, data.test_fraction={data.test_fraction}); choose another split.")
-    images_dir = Path(data.root) / data.images_dir
-    if not images_dir.is_dir():
-        raise GzooError(f"image folder {images_dir} not found; set data.root and data.images_dir to the folder of <GalaxyID>.jpg files.")
-    paths = [images_dir / f"{i}.jpg" for i in ids]  # an unreadable or missing one stops prediction, named
-    train_ids, train_true = labelled_part(run_data, "train")
-    mean = np.nan_to_num(np.nanmean(train_true, axis=0), nan=0.0)  # a column never known predicts 0
-    module = load_module(ckpt, device)
-    say(f"evaluating {ckpt} on {len(ids)} galaxies (split={split} of {data.root}), tta={','.join(map(str, tta))}")
+        raise GzooError(
+            f"split={split} of {data.root} is empty (data.val_fraction={data.val_fraction}, data.test_fraction={data.test_fraction}); choose another split."
+        )
+    run_data.setup()
+    net = load_net(o.ckpt, o.device).set_speed(channels_last=True)
+    say(f"evaluating {o.ckpt} on {len(ids)} galaxies (split={split} of {data.root}), tta={','.join(map(str, o.tta))}")
 
     report = {
-        "checkpoint": str(ckpt),
-        "timm_name": module.hparams.timm_name,
-        "data": {"root": str(data.root), "labels_csv": data.labels_csv, "split": split, "galaxies": len(ids), "known_cells": int((~np.isnan(true)).sum())},
-        "baseline_galaxies": len(train_ids),
-        "baseline": rmse_table(np.broadcast_to(mean, true.shape), true),
+        "checkpoint": str(o.ckpt),
+        "timm_name": net.timm_name,
+        "data": {
+            "root": str(data.root),
+            "labels_csv": data.labels_path.name,
+            "split": split,
+            "galaxies": len(ids),
+            "known_cells": int((~np.isnan(true)).sum()),
+        },
+        "baseline_galaxies": len(run_data.ids("train")),
+        "baseline": rmse_table(mean_prediction(run_data.train_mean(), len(ids)), true),
+        "ids": [int(i) for i in ids],
         "model": {},
     }
     preds = {}
-    for n in tta:
+    for n in o.tta:
         start = time.perf_counter()
-        preds[n] = predict_images(module, paths, n, batch_size, num_workers, progress=progress)
+        loader = data.loader(split, views=tuple(tta_angles(n)), batch_size=o.batch_size, num_workers=o.num_workers)
+        preds[n] = np.concatenate([b["pred"] for b in predict_loader(net, loader, n, o.precision, o.progress)])
         seconds = time.perf_counter() - start
         report["model"][str(n)] = rmse_table(preds[n], true) | {
             "tree_inconsistency": schema.tree_inconsistency(preds[n]),
@@ -228,7 +208,7 @@ def evaluate(
         }
         say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
 
-    best = max(tta)
+    best = max(o.tta)
     write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies")
     say(f"report in {out} (report.md, report.json, PNGs, tensorboard/)")
     return report
@@ -266,26 +246,8 @@ def _json_safe(value):
     return None if isinstance(value, float) and np.isnan(value) else value
 
 
-OPTIONS: cli.Options = {
-    "ckpt": (cli.path, cli.REQUIRED),
-    "split": (cli.choice(*SPLITS), None),
-    "tta": (cli.integers(1), [1, 8]),
-    "out": (cli.path, None),
-    "overwrite": (cli.boolean, False),
-    "data.root": (cli.path, None),
-    "data.labels_csv": (str, None),
-    "data.images_dir": (str, None),
-    "data.missing_labels": (cli.choice(*MISSING_LABEL_MODES), None),
-    "config": (cli.path, None),
-    "batch_size": (cli.integer(1), 32),
-    "num_workers": (cli.integer(0), 2),
-    "device": (str, "auto"),
-    "progress": (cli.boolean, True),
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(evaluate, OPTIONS, __doc__, argv)
+    return run_tool(evaluate, EvaluateOptions, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,6 @@ The exported network takes a float32 batch (N, 3, S, S) of normalised images (th
 crop resized to S x S, RGB / 255, then (x - mean) / std per channel) and returns the 37 vote
 fractions (N, 37) in Kaggle column order. ``<out>.json`` beside it records S, the crop,
 mean, std, the columns and the head. :func:`load_exported` runs either file from numpy.
-
-Options:
-  ckpt=PATH          a checkpoint written by gzoo.train (required)
-  format=onnx        onnx (.onnx, run with onnxruntime) or torchscript (.pt, run with torch.jit;
-                     PyTorch has deprecated TorchScript, so prefer onnx)
-  out=FILE           default: the checkpoint's path with .onnx or .pt
-  overwrite=false    true: replace an existing file
 """
 
 from __future__ import annotations
@@ -21,35 +14,35 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from gzoo import cli, schema
+from gzoo import schema
+from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
-from gzoo.heads import HEADS
-from gzoo.module import GalaxyZooModule
+from gzoo.io import atomic_write_text
+from gzoo.log import say
+from gzoo.module import load_net
+from gzoo.net import GalaxyNet
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+@dataclass
+class ExportOptions:
+    ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
+    format: str = option("onnx", "onnx (run with onnxruntime) or torchscript (torch.jit; deprecated by PyTorch, prefer onnx)", choices=tuple(SUFFIX))
+    out: Path | None = option(None, "the file to write (default: the checkpoint's path with .onnx or .pt)")
+    overwrite: bool = option(False, "replace an existing file")
 
 
 def sidecar_path(path: str | Path) -> Path:
     """Where the JSON record of an exported file lives: ``model.onnx`` -> ``model.onnx.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-class Network(nn.Module):
-    """GalaxyZooModule's forward as a plain module: exporters trip over Lightning's attributes."""
-
-    def __init__(self, module: GalaxyZooModule):
-        super().__init__()
-        self.body, self.head, self.activation = module.body, module.head, HEADS[module.active_head]
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.head(self.body(image)).float())
 
 
 def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -63,11 +56,9 @@ def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None
         if path.exists() and not overwrite:
             raise GzooError(f"{path} already exists; pass overwrite=true to replace it.")
 
-    module = GalaxyZooModule.from_checkpoint(ckpt).eval()
-    hp = module.hparams
-    example = torch.zeros(2, 3, hp.image_size, hp.image_size)
+    network = load_net(ckpt)
+    example = torch.zeros(2, 3, network.image_size, network.image_size)  # float: the exported file takes normalised images
     out.parent.mkdir(parents=True, exist_ok=True)
-    network = Network(module).eval()
     with torch.no_grad():
         if format == "onnx":
             _write_onnx(network, example, out)
@@ -77,22 +68,22 @@ def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None
                 torch.jit.save(torch.jit.trace(network, example), str(out))
     meta = {
         "format": format,
-        "image_size": hp.image_size,
-        "crop_fraction": hp.crop_fraction,
-        "mean": list(hp.mean),
-        "std": list(hp.std),
+        "image_size": network.image_size,
+        "crop_fraction": network.crop_fraction,
+        "mean": list(network.mean),
+        "std": list(network.std),
         "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
         "output": "float32 (N, 37): vote fractions in the order of columns",
         "columns": schema.COLUMNS,
-        "head": module.active_head,
-        "timm_name": hp.timm_name,
+        "head": network.head,
+        "timm_name": network.timm_name,
         "checkpoint": str(ckpt),
     }
-    sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
     return out
 
 
-def _write_onnx(network: Network, example: torch.Tensor, out: Path) -> None:
+def _write_onnx(network: GalaxyNet, example: torch.Tensor, out: Path) -> None:
     try:
         import onnx  # noqa: F401  (torch.onnx needs both)
         import onnxscript  # noqa: F401
@@ -104,7 +95,7 @@ def _write_onnx(network: Network, example: torch.Tensor, out: Path) -> None:
         str(out),
         input_names=["image"],
         output_names=["fractions"],
-        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},  # GalaxyNet.forward(x)
         external_data=False,  # one self-contained file (fine below 2 GB; b7 is about 260 MB)
         dynamo=True,
         verbose=False,
@@ -155,21 +146,13 @@ def load_exported(path: str | Path) -> ExportedModel:
     return ExportedModel(path)
 
 
-OPTIONS: cli.Options = {
-    "ckpt": (cli.path, cli.REQUIRED),
-    "format": (cli.choice(*SUFFIX), "onnx"),
-    "out": (cli.path, None),
-    "overwrite": (cli.boolean, False),
-}
-
-
-def _export_and_say(**args) -> None:
-    out = export(**args)
-    print(f"[gzoo] wrote {out} and {sidecar_path(out)}", flush=True)
+def _export_and_say(o: ExportOptions) -> None:
+    out = export(o.ckpt, o.format, o.out, o.overwrite)
+    say(f"wrote {out} and {sidecar_path(out)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(_export_and_say, OPTIONS, __doc__, argv)
+    return run_tool(_export_and_say, ExportOptions, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,32 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from gzoo import cli, schema
-from gzoo.data import load_rgb
+from gzoo import schema
+from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
+from gzoo.images import load_image
+from gzoo.log import say
 from gzoo.transforms import central_crop
 
 #: The answers whose galleries the seed report shows (its Figures 23-31 and more).
 SEED_ANSWERS = ("Class1.1", "Class1.3", "Class2.1", "Class3.1", "Class4.1", "Class5.1", "Class5.2", "Class5.4", "Class6.1", "Class11.1", "Class11.3")
 TILE, GAP, CAPTION, TITLE = 160, 6, 18, 26  # pixels: tile side, space between tiles, caption and title heights
+
+
+@dataclass
+class GalleryOptions:
+    predictions: Path = option(REQUIRED, "a Kaggle-format predictions CSV (e.g. from gzoo.predict)")
+    images: Path = option(REQUIRED, "the folder of <GalaxyID>.jpg the predictions were made from")
+    answer: str = option(REQUIRED, "one of the 37 answers (Class1.1 ... Class11.6), or seed: the seed report's 11")
+    k: int = option(16, "galaxies shown per answer", low=1)
+    out: Path | None = option(None, "the PNG to write (default <predictions>_gallery_<answer>.png beside the CSV)")
+    crop: float = option(0.5, "the central fraction of each image shown (0.5 = what the model sees; 1 = the whole frame)")
 
 
 def answer_label(column: str) -> str:
@@ -56,8 +69,7 @@ def top_k(table: pd.DataFrame, column: str, k: int) -> pd.DataFrame:
     return table.sort_values([column, schema.ID_COLUMN], ascending=[False, True]).head(k)
 
 
-def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1", k: int = 16,
-            out: str | Path | None = None, crop: float = 0.5) -> Path:
+def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1", k: int = 16, out: str | Path | None = None, crop: float = 0.5) -> Path:
     """Draw the gallery PNG and return its path."""
     predictions, images = Path(predictions), Path(images)
     answers = list(SEED_ANSWERS) if answer == "seed" else [answer]
@@ -84,7 +96,7 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
             x, y = (j % cols) * cell_w + GAP // 2, y0 + TITLE + (j // cols) * cell_h
             path = images / f"{int(gid)}.jpg"
             try:
-                pixels = central_crop(load_rgb(path), crop)
+                pixels = central_crop(load_image(path), crop)
             except Exception as e:  # missing, or not an image
                 raise GzooError(f"image {path} cannot be read ({e}); images= must be the folder the predictions were made from.") from None
             draw.text((x, y + 2), f"{int(gid)}  {value:.3f}", fill="black", font=caption_font)
@@ -94,18 +106,8 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
     return out
 
 
-OPTIONS: cli.Options = {
-    "predictions": (cli.path, cli.REQUIRED),
-    "images": (cli.path, cli.REQUIRED),
-    "answer": (str, cli.REQUIRED),
-    "k": (cli.integer(1), 16),
-    "out": (cli.path, None),
-    "crop": (float, 0.5),
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(lambda **args: print(f"[gzoo] gallery in {gallery(**args)}"), OPTIONS, __doc__, argv)
+    return run_tool(lambda o: say(f"gallery in {gallery(o.predictions, o.images, o.answer, o.k, o.out, o.crop)}"), GalleryOptions, argv, __doc__)
 
 
 if __name__ == "__main__":

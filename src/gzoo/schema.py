@@ -113,10 +113,7 @@ def tree_inconsistency(values: np.ndarray) -> dict[str, float]:
     """
     res = np.abs(tree_residuals(values))
     known = ~np.isnan(res)
-    per_q = {
-        f"Q{q.number}": float(res[known[:, j], j].max()) if known[:, j].any() else float("nan")
-        for j, q in enumerate(QUESTIONS)
-    }
+    per_q = {f"Q{q.number}": float(res[known[:, j], j].max()) if known[:, j].any() else float("nan") for j, q in enumerate(QUESTIONS)}
     return {
         "max_abs": float(res[known].max()) if known.any() else float("nan"),
         "mean_abs": float(res[known].mean()) if known.any() else float("nan"),

@@ -1,8 +1,8 @@
 """Training entry point: ``python -m gzoo.train phase=finetune`` (then ``phase=fulltune``).
 
-The data module, the module and the Trainer are built here in plain code, so a run
-can be followed with go-to-definition; only swappable parts (callbacks, loggers)
-come from ``_target_`` entries in the config.
+The data module, the module and the Trainer are built here in plain code from the composed
+config (conf/, shipped inside the package), so a run can be followed with go-to-definition;
+only swappable parts (callbacks, loggers, extra augmentations) come from ``_target_`` entries.
 
 Order of work: validate the data -> check the output folder -> build the model ->
 fit -> score the best checkpoint -> write metrics.json. Nothing is written to the
@@ -18,101 +18,37 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import numpy as np
 import pandas as pd
-import timm
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gzoo import schema
-from gzoo.data import GalaxyZooDataModule, seed_of
-from gzoo.errors import GzooError, NonFiniteLossError
-from gzoo.files import atomic_open, atomic_write_text
+from gzoo.callbacks import StepSeed
+from gzoo.data import GalaxyZooDataModule
+from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
+from gzoo.io import atomic_open, atomic_write_text
+from gzoo.log import error, logger, say
+from gzoo.metrics import baseline_rmse
 from gzoo.module import GalaxyZooModule
-from gzoo.speed import apply_speed
+
+CONF = Path(__file__).parent / "conf"
 
 
-class RunInterrupted(GzooError):
-    """SIGTERM (e.g. SLURM pre-emption) stopped the run; its last checkpoint is intact."""
+def build_datamodule(cfg: DictConfig) -> GalaxyZooDataModule:
+    """The run's data module, from its ``data`` node and seed."""
+    return GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed)
 
 
-@rank_zero_only
-def say(msg: str) -> None:
-    print(f"[gzoo] {msg}", flush=True)
-
-
-class StepSeed(L.Callback):
-    """Reseed torch before every training batch from (seed, epoch, batch, process), for dropout.
-
-    With the data's randomness drawn from (seed, epoch, index) (see data.EpochSampler),
-    every random draw of a batch depends only on where it is in the run, so a run resumed
-    from a checkpoint continues exactly as one that never stopped.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
-
-
-def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std the backbone was trained with (timm's pretrained config is the truth)."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(timm_name)
-    except RuntimeError as e:  # e.g. a tag that does not exist for this architecture
-        raise GzooError(f"model.timm_name={timm_name!r}: {e}") from None
-    if cfg is None:
-        raise GzooError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_pretrained('*efficientnet*').")
-    return tuple(cfg.mean), tuple(cfg.std)
-
-
-def build_datamodule(cfg: DictConfig, mean, std) -> GalaxyZooDataModule:
-    d = cfg.data
-    return GalaxyZooDataModule(
-        root=d.root,
-        labels_csv=d.labels_csv,
-        images_dir=d.images_dir,
-        missing_labels=d.missing_labels,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        split_seed=d.split_seed,
-        limit=d.limit,
-        batch_size=d.batch_size,
-        num_workers=d.num_workers,
-        image_size=d.image_size,
-        mean=mean,
-        std=std,
-        crop_fraction=d.crop_fraction,
-        augment=OmegaConf.to_container(d.augment, resolve=True),
-        persistent_workers=d.persistent_workers,
-        on_bad_image=d.on_bad_image,
-        seed=cfg.seed,
-    )
-
-
-def build_module(cfg: DictConfig, mean, std, pretrained: bool) -> GalaxyZooModule:
-    m = cfg.model
-    module = GalaxyZooModule(
-        timm_name=m.timm_name,
-        pretrained=pretrained,
-        weights=m.weights if pretrained else None,
-        image_size=m.image_size,
-        mean=mean,
-        std=std,
-        crop_fraction=cfg.data.crop_fraction,
-        dropout=m.dropout,
-        hidden=m.hidden,
-        lr=m.lr,
-        lr_factor=m.lr_factor,
-        lr_patience=m.lr_patience,
-        freeze_body=cfg.phase.freeze_body,
-        head=m.head,
-        tree_after_epochs=m.tree_after_epochs,
-    )
-    return apply_speed(module, channels_last=m.channels_last, compile=m.compile)
+def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
+    """The run's module from its ``model`` node, the phase and the crop; ``pretrained=False`` when
+    the weights will come from a checkpoint (nothing is downloaded then)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if not pretrained:
+        model.update(pretrained=False, weights=None)
+    module = GalaxyZooModule(**model, freeze_body=cfg.phase.freeze_body, crop_fraction=cfg.data.crop_fraction)
+    module.net.set_speed(**cfg.speed)
+    return module
 
 
 def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
@@ -139,19 +75,10 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix with an earlier run unless ``overwrite=true`` (which deletes its results)."""
     earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv") if (run_dir / n).exists()]
     if earlier and not overwrite:
-        raise GzooError(
-            f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, "
-            "or name=<new name> to keep both."
-        )
+        raise GzooError(f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, or name=<new name> to keep both.")
     for p in earlier:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def baseline_rmse(dm: GalaxyZooDataModule, part: str) -> float:
-    """RMSE of predicting each column's training mean for every galaxy of ``part``."""
-    labels = dm.catalog.set_index(schema.ID_COLUMN).loc[dm.splits[part], schema.COLUMNS].to_numpy()
-    return float(np.sqrt(np.nanmean((labels - dm.train_mean()) ** 2)))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -165,10 +92,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         generate(Path(cfg.data.root), **OmegaConf.to_container(cfg.data.synth, resolve=True))
 
-    mean, std = backbone_norm(cfg.model.timm_name)
-    dm = build_datamodule(cfg, mean, std)
+    dm = build_datamodule(cfg)
     dm.setup()  # validates catalogue and images; raises GzooError before anything is written
-    say(f"data: {len(dm.splits['train'])} train / {len(dm.splits['val'])} val / {len(dm.splits['test'])} test galaxies from {dm.root}")
+    say(f"data: {len(dm.ids('train'))} train / {len(dm.ids('val'))} val / {len(dm.ids('test'))} test galaxies from {dm.root}")
 
     init_from = Path(cfg.phase.init_from) if cfg.phase.init_from else None
     if init_from is not None and not init_from.is_file():
@@ -181,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_from = resume_checkpoint(cfg, run_dir)
 
     # Weights: from a checkpoint if resuming or continuing an earlier phase, else pretrained (or from scratch) as asked.
-    module = build_module(cfg, mean, std, pretrained=cfg.model.pretrained and init_from is None and resume_from is None)
+    module = build_module(cfg, pretrained=cfg.model.pretrained and init_from is None and resume_from is None)
     if init_from is not None and resume_from is None:
         load_init_weights(module, init_from)
         say(f"weights from {init_from}")
@@ -197,15 +123,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with atomic_open(run_dir / "skipped_images.csv", newline="") as f:
             pd.DataFrame(dm.skipped, columns=["path", "reason"]).to_csv(f, index=False)
         say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [StepSeed(cfg.seed)]
-    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [StepSeed(cfg.seed)]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         callbacks=callbacks,
         logger=loggers or False,
+        enable_progress_bar=any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         default_root_dir=run_dir,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -225,13 +152,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt = trainer.checkpoint_callback
     metrics = {
         "val/rmse": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else float("nan"),
-        "val/rmse_baseline": baseline_rmse(dm, "val"),
+        "val/rmse_baseline": baseline_rmse(dm.train_mean(), dm.labels("val")),
         "epochs": trainer.current_epoch,
     }
-    if len(dm.splits["test"]):
+    if len(dm.ids("test")):
         (result,) = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt else None, verbose=False)
         metrics["test/rmse"] = float(result["test/rmse"])
-        metrics["test/rmse_baseline"] = baseline_rmse(dm, "test")
+        metrics["test/rmse_baseline"] = baseline_rmse(dm.train_mean(), dm.labels("test"))
     metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
     if writer:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -243,15 +170,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["val/rmse"]
     except RunInterrupted as e:
-        print(f"[gzoo] {e}", file=sys.stderr, flush=True)
+        logger.error(str(e))
         sys.exit(143)  # the conventional status of a process ended by SIGTERM
     except GzooError as e:
-        print(f"[gzoo] error: {e}", file=sys.stderr, flush=True)
+        error(str(e))
         sys.exit(2)
 
 
