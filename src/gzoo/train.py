@@ -170,6 +170,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def help_text(argv: list[str]) -> str:
+    """``python -m gzoo.train --help``: the groups, then every key of the chosen configs with its default and
+    comment, read from the YAML files themselves (Hydra's own help prints the composed config without comments)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults)
+    chosen = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+    chosen.update(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in chosen)  # e.g. model=b3 --help
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = [
+        "python -m gzoo.train [group=option ...] [key=value ...]: train one phase (finetune, then fulltune).",
+        "  -m: a sweep (e.g. -m model=b0,b1); --cfg job: print the composed config; --hydra-help: Hydra's own options.",
+        "",
+        "Groups (group=option; the default marked *):",
+    ]
+    for g in groups:
+        options = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+        lines.append(f"  {g}: " + ", ".join(f"{o}*" if o == chosen.get(g) else o for o in options))
+    files = [("train.yaml", "")] + [(f"{g}/{chosen[g]}.yaml", f"{g}.") for g in groups if chosen.get(g) not in (None, "null")]
+    for name, prefix in files:
+        text = (CONF / name).read_text()
+        body = [line for line in text.split("\n") if line.strip()]
+        if name == "train.yaml":  # its defaults list is shown above as the groups
+            start = next(i for i, line in enumerate(body) if line.startswith("name:"))
+            body = body[start:]
+        lines += ["", f"# --- {name}" + (f": keys {prefix}*" if prefix and "@package _global_" not in text else ""), *body]
+    return "\n".join(lines)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
@@ -183,4 +210,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text(sys.argv[1:]))
+        sys.exit(0)
     main()
