@@ -38,7 +38,7 @@ from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
 from gzoo.io import atomic_open
 from gzoo.log import say
-from gzoo.metrics import mean_prediction, rmse_table
+from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
 from gzoo.net import PRECISIONS
 from gzoo.predict import predict_loader, tta_angles
@@ -110,8 +110,8 @@ def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, title: str) -> Figure:
         ax.scatter(true[known, i], pred[known, i], s=6, alpha=0.5)
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true", ylabel="predicted")
-        rmse = np.sqrt(np.mean((pred[known, i] - true[known, i]) ** 2)) if known.any() else np.nan
-        ax.set_title(f"{textwrap.fill(answer_label(column), 40)}\nRMSE {rmse:.3f}" if known.any() else f"{column}: no labels", fontsize=8)
+        title = f"{textwrap.fill(answer_label(column), 40)}\nRMSE {rmse(pred[:, i], true[:, i]):.3f}"
+        ax.set_title(title if known.any() else f"{column}: no labels", fontsize=8)
     return fig
 
 
