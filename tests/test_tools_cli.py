@@ -132,9 +132,10 @@ def run_module(tool: str, args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", f"gzoo.{tool}", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-# One tool as a real command in the fast suite (gallery starts quickest); the others in the slow one: each
-# start imports torch (and Lightning, for those that load checkpoints), seconds on 2 cores.
-@pytest.mark.parametrize("tool", [t if t == "gallery" else pytest.param(t, marks=pytest.mark.slow) for t in TOOLS])
+# As real commands in the slow suite: each start imports torch (and Lightning, for those that load
+# checkpoints), seconds on 2 cores; the fast suite calls each tool's main() in this process.
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", TOOLS)
 def test_as_a_real_command(tool, tmp_path):
     """``python -m gzoo.<tool> --help`` and ``... colour=red`` in a fresh process (both started at once: each
     spends its time importing torch)."""
