@@ -114,3 +114,7 @@ def test_command_line_user_error_is_one_sentence_without_traceback(tmp_path, kag
         + str(csv)
         + " has the wrong header: column 2 is 'Class1_1', expected 'Class1.1' (expected GalaxyID then Class1.1 ... Class11.6 in Kaggle order)."
     ]
+    # The [gzoo] messages also reach Hydra's log file of the launch (through Python logging), with their level.
+    (log,) = tmp_path.glob("hydra/*/train.log")
+    text = log.read_text()
+    assert "[gzoo][INFO] - finetune of test_efficientnet" in text and "[gzoo][ERROR] - error: labels file" in text

@@ -1,0 +1,75 @@
+"""Lightning callbacks of gzoo: per-step seeds (exact resume) and the validation gallery in TensorBoard."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+from gzoo import schema
+from gzoo.data import seed_of
+
+Q1 = schema.QUESTIONS[0]
+Q1_SLICE = slice(0, len(Q1.answers))
+
+
+class StepSeed(L.Callback):
+    """Reseed torch before every training batch from (seed, epoch, batch, process), for dropout.
+
+    With the data's randomness drawn from (seed, epoch, index) (see data.EpochSampler),
+    every random draw of a batch depends only on where it is in the run, so a run resumed
+    from a checkpoint continues exactly as one that never stopped.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
+class ValidationGallery(L.Callback):
+    """Each validation epoch, log to TensorBoard a grid of the first ``n`` validation galaxies,
+    captioned with the true and the predicted top answer of Q1 (smooth / features / star).
+
+    The same galaxies every epoch, so the grid shows how the predictions change.
+    """
+
+    def __init__(self, n: int = 8, tag: str = "val/gallery"):
+        self.n, self.tag = n, tag
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if trainer.sanity_checking or not trainer.is_global_zero or not loggers:
+            return
+        dataset = trainer.val_dataloaders.dataset
+        items = [dataset[i] for i in range(min(self.n, len(dataset)))]
+        if not items:
+            return
+        images = torch.stack([item["image"] for item in items])
+        preds = pl_module.net(images.to(pl_module.device)).float().cpu().numpy()
+        fig = gallery_figure(items, preds)
+        for logger in loggers:
+            logger.experiment.add_figure(self.tag, fig, global_step=trainer.global_step, close=False)
+
+
+def gallery_figure(items: list[dict], preds: np.ndarray) -> Figure:
+    """Dataset items (uint8 image, id, target, mask) captioned with their true and predicted Q1 answer."""
+    cols = min(len(items), 4)
+    rows = -(-len(items) // cols)
+    fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout="constrained")
+    for ax in fig.subplots(rows, cols, squeeze=False).ravel():
+        ax.set_axis_off()
+    for ax, item, pred in zip(fig.axes, items, preds):
+        ax.imshow(item["image"].permute(1, 2, 0).numpy())
+        true = _top_answer(item["target"].numpy()) if item["mask"][Q1_SLICE].all() else "?"
+        ax.set_title(f"{item['id']}\ntrue: {true}\npred: {_top_answer(pred)}", fontsize=8)
+    return fig
+
+
+def _top_answer(values: np.ndarray) -> str:
+    i = int(np.argmax(values[Q1_SLICE]))
+    return f"{Q1.answers[i]} {values[i]:.2f}"

@@ -1,0 +1,161 @@
+"""GalaxyZooDataModule: the labelled galaxies of a run, validated, split, and served as batches.
+
+Layout (as Kaggle ships it)::
+
+    <root>/training_solutions_rev1.csv     GalaxyID,Class1.1,...,Class11.6
+    <root>/images_training_rev1/<GalaxyID>.jpg
+
+:meth:`GalaxyZooDataModule.setup` checks everything a user can get wrong before any training
+starts. Training, evaluation and the notebooks build the data module from the run's config
+(:meth:`from_config`), so they read the same galaxies, split the same way, with the same
+images left out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from gzoo import schema
+from gzoo.data.catalog import check_images, read_catalog
+from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
+from gzoo.data.split import split_ids
+from gzoo.errors import GzooError
+from gzoo.transforms import eval_transform, train_transform
+
+#: The parts of a labelled set: the three of the split, and "all" of it.
+PARTS = ("train", "val", "test", "all")
+
+
+class GalaxyZooDataModule(L.LightningDataModule):
+    """GZ2 in the Kaggle layout, split with a fixed seed, with the recipe's augmentation.
+
+    The keyword arguments are the keys of ``conf/data/gz2.yaml`` (see there for what each means),
+    plus ``seed`` (the run's seed, for the augmentation and the shuffling) and ``progress``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        labels_csv: str = "training_solutions_rev1.csv",
+        images_dir: str = "images_training_rev1",
+        missing_labels: str = "error",
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.0,
+        split_seed: int = 1234,
+        limit: int | None = None,
+        batch_size: int = 70,
+        num_workers: int = 2,
+        persistent_workers: bool = True,
+        on_bad_image: str = "error",
+        image_size: int = 224,
+        crop_fraction: float = 0.5,
+        augment: dict | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.labels_path = self.root / labels_csv
+        self.images_path = self.root / images_dir
+        self.missing_labels, self.limit, self.progress = missing_labels, limit, progress
+        self.on_bad_image, self.seed = on_bad_image, seed
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
+        self.image_size, self.crop_fraction = image_size, crop_fraction
+        self.train_tf = train_transform(image_size, crop_fraction, **(augment or {}))
+        self.eval_tf = eval_transform(image_size, crop_fraction)
+        self.skipped: list[tuple[Path, str]] = []  # unreadable images left out (on_bad_image="skip")
+        self.catalog: pd.DataFrame | None = None  # the labels of every galaxy kept, NaN = unknown
+        self.paths: dict[int, Path] = {}
+        self.splits: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_config(cls, data: DictConfig | dict, seed: int = 0, **overrides: Any) -> GalaxyZooDataModule:
+        """From a run config's ``data`` node (``synth``, which says how a synthetic set was made, is not read)."""
+        values = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
+        values.pop("synth", None)
+        return cls(**{**values, **overrides}, seed=seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate the catalogue and the images, then split. Safe to call more than once."""
+        if self.catalog is not None:
+            return
+        if self.limit is not None and self.limit < 1:
+            raise GzooError(f"data.limit must be a positive number of galaxies or null, got {self.limit}.")
+        catalog = read_catalog(self.labels_path, self.missing_labels)
+        if self.limit is not None:
+            catalog = catalog.iloc[: self.limit].reset_index(drop=True)
+        self.paths, self.skipped = check_images(catalog[schema.ID_COLUMN].to_numpy(), self.images_path, self.progress, self.on_bad_image)
+        if self.skipped:
+            catalog = catalog[catalog[schema.ID_COLUMN].isin(self.paths.keys())].reset_index(drop=True)
+        ids = catalog[schema.ID_COLUMN].to_numpy()
+        self.splits = split_ids(ids, self.val_fraction, self.test_fraction, self.split_seed)
+        if len(self.splits["train"]) == 0 or (self.val_fraction > 0 and len(self.splits["val"]) == 0):
+            raise GzooError(f"{len(ids)} galaxies are too few to split with data.val_fraction={self.val_fraction}; use more data or a larger data.limit.")
+        self.splits["all"] = np.sort(ids)
+        self.catalog = catalog.set_index(schema.ID_COLUMN)
+
+    # ------------------------------------------------------------------------- what each part holds
+
+    def ids(self, part: str) -> np.ndarray:
+        """The GalaxyIDs of a part (train, val, test or all), sorted."""
+        if part not in PARTS:
+            raise GzooError(f"split must be one of {', '.join(PARTS)}, got {part!r}.")
+        self.setup()
+        return self.splits[part]
+
+    def labels(self, part: str) -> np.ndarray:
+        """(N, 37) labels of a part in the order of :meth:`ids`, NaN for unknown cells."""
+        return self.catalog.loc[self.ids(part), schema.COLUMNS].to_numpy(dtype=np.float64)
+
+    def train_mean(self) -> np.ndarray:
+        """Each column's mean over the training part's known cells: the predict-the-mean baseline (0 if never known)."""
+        return self.catalog.loc[self.ids("train"), schema.COLUMNS].mean(skipna=True).fillna(0.0).to_numpy()
+
+    def dataset(self, part: str, views: tuple[float, ...] = (), on_bad_image: str = "error") -> GalaxyZooDataset:
+        """The part's galaxies with their labels: the training augmentation for "train", else the evaluation view."""
+        ids = self.ids(part)
+        tf = self.train_tf if part == "train" and not views else self.eval_tf
+        return GalaxyZooDataset([self.paths[i] for i in ids], self.labels(part), ids, tf, self.seed, views, on_bad_image)
+
+    # ------------------------------------------------------------------------- batches
+
+    def loader(self, part: str, views: tuple[float, ...] = (), batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
+        """Batches of a part: "train" shuffled by epoch (see EpochSampler), the others in order, each galaxy once.
+
+        Under DDP each process evaluates its own share of the galaxies, each galaxy exactly once:
+        Lightning's own DistributedSampler would repeat some to even out the shares, and they would
+        count twice in val/rmse. Lightning keeps a DistributedSampler it is given.
+        """
+        dataset = self.dataset(part, views)
+        sampler = None
+        if part == "train" and not views:  # start at the epoch Lightning will set (a resumed run's first epoch is not 0)
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+            sampler = EpochSampler(len(dataset), self.seed, epoch)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return make_loader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            num_workers=self.num_workers if num_workers is None else num_workers,
+            sampler=sampler,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

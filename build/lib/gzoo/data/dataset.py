@@ -1,0 +1,140 @@
+"""The dataset of galaxy images, its epoch-seeded sampler, and the one DataLoader builder.
+
+Every part that reads galaxies (training, validation, test, prediction, evaluation, the
+benchmark) gets its batches from :class:`GalaxyZooDataset` through :func:`make_loader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gzoo.errors import GzooError
+from gzoo.images import load_image
+from gzoo.transforms import reseed, rotate
+
+
+def seed_of(*keys: int) -> int:
+    """A 32-bit seed that depends only on ``keys`` (e.g. seed, epoch, index)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """Shuffles by a permutation that depends only on (seed, epoch) and yields ``(index, epoch)``.
+
+    With the epoch in every key, the dataset draws each image's augmentation from
+    (seed, epoch, index): the same in any worker process, and the same in a run resumed
+    from a checkpoint as in one that never stopped. Lightning calls ``set_epoch`` before
+    each epoch; where nobody does (inside a DDP wrapper), each pass moves to the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed_of(self.seed, epoch)))
+        return iter([(int(i), epoch) for i in order])
+
+
+class GalaxyZooDataset(Dataset):
+    """Galaxy images (paths, or decoded RGB uint8 arrays) with their labels, through a transform.
+
+    An item is a dict: "image" (uint8 (3, S, S), or (V, 3, S, S) with ``views``), "id", and with
+    labels "target" and "mask" (unknown cells, NaN in ``labels``, are 0 in both); the training
+    pipeline adds "brightness". Indexed by ``i`` or, for training, by ``(i, epoch)`` from
+    :class:`EpochSampler`, in which case the augmentation's random draws come from (seed, epoch, i).
+
+    ``views``: angles (degrees) by which the whole image is rotated before the transform, one view
+    each (test-time augmentation). ``on_bad_image="skip"``: an unreadable image gives a zero image and
+    its reason under "error" ("" for a good one) instead of stopping with an error naming it.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[Path | np.ndarray],
+        labels: np.ndarray | None,
+        ids: Sequence[Any],
+        transform,
+        seed: int = 0,
+        views: Sequence[float] = (),
+        on_bad_image: str = "error",
+    ):
+        self.images, self.transform, self.seed = list(images), transform, seed
+        self.ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # plain ints (or names) for collate
+        self.views, self.skip_bad = tuple(views), on_bad_image == "skip"
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.float32)
+            self.mask = (~np.isnan(labels)).astype(np.float32)
+            self.labels = np.nan_to_num(labels, nan=0.0)
+        else:
+            self.labels = self.mask = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            i, epoch = key
+            reseed(self.transform, seed_of(self.seed, epoch, i))
+        else:
+            i = key
+        item: dict[str, Any] = {"id": self.ids[i]}
+        try:
+            image = self.images[i] if isinstance(self.images[i], np.ndarray) else load_image(self.images[i])
+        except Exception as e:  # decoders raise many kinds for bad files
+            reason = str(e) or type(e).__name__
+            if not self.skip_bad:
+                raise GzooError(f"image {self.images[i]} cannot be read ({reason}).") from None
+            image, item["error"] = None, reason
+        if self.skip_bad:
+            item.setdefault("error", "")
+        if not self.views:
+            # The transform's dict as it comes: "image", and "brightness" from the training pipeline.
+            item.update(self.transform(image=image) if image is not None else {"image": self._blank()})
+        else:
+            views = [self.transform(image=rotate(image, a))["image"] for a in self.views] if image is not None else [self._blank()] * len(self.views)
+            item["image"] = torch.stack(views)
+        if self.labels is not None:
+            item["target"] = torch.from_numpy(self.labels[i])
+            item["mask"] = torch.from_numpy(self.mask[i])
+        return item
+
+    def _blank(self) -> torch.Tensor:
+        """A zero image of the transform's output size, standing in for an unreadable one."""
+        return self.transform(image=np.zeros((8, 8, 3), np.uint8))["image"].zero_()
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    sampler: Sampler | None = None,
+    persistent_workers: bool = True,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """The one way gzoo builds a DataLoader: in order (or by ``sampler``), every item once, no batch dropped.
+
+    Pinned memory when a GPU is visible (faster copies to it); worker processes kept between
+    epochs unless ``persistent_workers=False``.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+        drop_last=False,
+    )

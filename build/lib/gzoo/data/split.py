@@ -1,0 +1,38 @@
+"""The train/validation/test split: each galaxy's part depends only on its id, the seed and the fractions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gzoo.errors import GzooError
+
+
+def _unit_hash(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per GalaxyID that depends only on the id and the seed (splitmix64)."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Split GalaxyIDs into disjoint train/val/test parts that together cover all of them.
+
+    Each id gets a fixed pseudo-random number from (id, seed); ids are ranked by it and
+    the first ``test_fraction`` go to test, the next ``val_fraction`` to validation.
+    A galaxy's place therefore depends only on the seed and the fractions, not on row
+    order, batch size or any other setting.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise GzooError(f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) and sum to less than 1.")
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(_unit_hash(ids, seed), kind="stable")
+    n_test = round(len(ids) * test_fraction)
+    n_val = round(len(ids) * val_fraction)
+    return {
+        "test": np.sort(ids[order[:n_test]]),
+        "val": np.sort(ids[order[n_test : n_test + n_val]]),
+        "train": np.sort(ids[order[n_test + n_val :]]),
+    }

@@ -1,0 +1,254 @@
+"""Evaluation report of a checkpoint: RMSE overall, per question and per answer, beside the
+predict-the-training-mean baseline, with and without test-time augmentation.
+
+    python -m gzoo.evaluate ckpt=PATH [split=val|test|train|all] [tta=[1,8]] [data.root=DIR] ...
+
+The run's data module is rebuilt from its resolved config (<run_dir>/config.yaml, beside
+checkpoints/; or config=PATH), so split=val is by construction exactly the part the run was
+validated on: the same catalogue, limit, split and images left out. data.root=DIR evaluates
+another labelled folder in the Kaggle layout (all of it unless split= says otherwise). The
+baseline predicts, for every galaxy, each column's mean over the run's training part.
+Unknown (empty) label cells are left out of every RMSE.
+
+Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder>-<split> for
+another folder): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
+tensorboard/ (`tensorboard --logdir <out>/tensorboard`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+from gzoo import schema
+from gzoo.config import REQUIRED, option, run_tool
+from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
+from gzoo.errors import GzooError
+from gzoo.gallery import SEED_ANSWERS, answer_label
+from gzoo.io import atomic_open
+from gzoo.log import say
+from gzoo.metrics import mean_prediction, rmse, rmse_table
+from gzoo.module import load_net
+from gzoo.net import PRECISIONS
+from gzoo.predict import predict_loader, tta_angles
+
+OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
+
+
+@dataclass
+class OtherData:
+    root: Path | None = option(None, "another labelled folder in the Kaggle layout (default: the run's data)")
+    labels_csv: str | None = option(None, "its labels file (default: the run's)")
+    images_dir: str | None = option(None, "its image folder (default: the run's)")
+    missing_labels: str | None = option(None, "error or mask: how its empty cells are read (default: the run's)", choices=(None, *MISSING_LABEL_MODES))
+
+
+@dataclass
+class EvaluateOptions:
+    ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
+    split: str | None = option(None, "the part scored: val (default), test, train, or all (default for another folder)", choices=(None, *PARTS))
+    tta: list[int] = option([1, 8], "the test-time augmentations compared (views per galaxy; see gzoo.predict)", low=1)
+    out: Path | None = option(None, "the report folder (default <run_dir>/eval/<split>)")
+    overwrite: bool = option(False, "replace an earlier report in out")
+    data: OtherData = field(default_factory=OtherData)
+    config: Path | None = option(None, "the run's config.yaml (default: beside the checkpoint's checkpoints/ folder)")
+    batch_size: int = option(32, "galaxies per batch", low=1)
+    num_workers: int = option(2, "DataLoader worker processes decoding images", low=0)
+    device: str = option("auto", "auto (the GPU if there is one), cpu, cuda ...")
+    precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
+    progress: bool = option(True, "show progress bars")
+
+
+def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
+    path = config or ckpt.parent.parent / "config.yaml"
+    if not path.is_file():
+        raise GzooError(f"run config {path} not found; evaluate reads the run's config.yaml (beside checkpoints/) to reproduce its split, or pass config=PATH.")
+    return OmegaConf.load(path)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def plot_rmse_per_answer(results: dict, baseline: dict) -> Figure:
+    """Grouped bars: RMSE per answer for each TTA setting and the baseline."""
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    ax = fig.subplots()
+    series = {f"model, tta={n}": r["per_answer"] for n, r in results.items()} | {"training mean": baseline["per_answer"]}
+    width = 0.8 / len(series)
+    x = np.arange(schema.NUM_ANSWERS)
+    for j, (name, per_answer) in enumerate(series.items()):
+        ax.bar(x + (j - (len(series) - 1) / 2) * width, [per_answer[c] for c in schema.COLUMNS], width, label=name)
+    ax.set_xticks(x, [c[5:] for c in schema.COLUMNS], rotation=90, fontsize=8)
+    ax.set_xlabel("answer (Class...)")
+    ax.set_ylabel("RMSE over known cells")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=len(series), frameon=False)
+    return fig
+
+
+def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, title: str) -> Figure:
+    """Predicted against true fraction for the answers of the seed report's galleries."""
+    cols = 4
+    rows = -(-len(SEED_ANSWERS) // cols)
+    fig = Figure(figsize=(3 * cols, 3 * rows), layout="constrained")
+    fig.suptitle(title)
+    for ax in fig.subplots(rows, cols, squeeze=False).ravel()[len(SEED_ANSWERS) :]:
+        ax.set_axis_off()
+    for ax, column in zip(fig.axes, SEED_ANSWERS):
+        i = schema.COLUMN_INDEX[column]
+        known = ~np.isnan(true[:, i])
+        ax.scatter(true[known, i], pred[known, i], s=6, alpha=0.5)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true", ylabel="predicted")
+        title = f"{textwrap.fill(answer_label(column), 40)}\nRMSE {rmse(pred[:, i], true[:, i]):.3f}"
+        ax.set_title(title if known.any() else f"{column}: no labels", fontsize=8)
+    return fig
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if np.isnan(value) else f"{value:.{digits}f}"  # a dash where no cell was known
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    d, base = report["data"], report["baseline"]
+    ttas = list(report["model"])
+    lines = [
+        f"# Evaluation of {report['checkpoint']}",
+        "",
+        f"{d['galaxies']} galaxies ({d['known_cells']} known cells) of split `{d['split']}` in `{d['root']}`; "
+        f"baseline: each column's mean over the run's {report['baseline_galaxies']} training galaxies.",
+        "",
+        "| predictions | RMSE | tree inconsistency, max / mean abs | images/s |",
+        "|---|---|---|---|",
+        *(
+            f"| model, tta={n} | {r['rmse']:.5f} | {r['tree_inconsistency']['max_abs']:.3f} / {r['tree_inconsistency']['mean_abs']:.4f} | {r['images_per_second']:.1f} |"
+            for n, r in report["model"].items()
+        ),
+        f"| training mean | {base['rmse']:.5f} | | |",
+        "",
+        "## RMSE per question",
+        "",
+        "| question | " + " | ".join(f"tta={n}" for n in ttas) + " | training mean |",
+        "|---|" + "---|" * (len(ttas) + 1),
+        *(
+            f"| Q{q.number} {q.text} | "
+            + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
+            + f" | {_number(base['per_question'][f'Q{q.number}'], 4)} |"
+            for q in schema.QUESTIONS
+        ),
+        "",
+        "![RMSE per answer](rmse_per_answer.png)",
+        "",
+        "![predicted against true](pred_vs_true.png)",
+        "",
+    ]
+    with atomic_open(path) as f:
+        f.write("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def evaluate(o: EvaluateOptions) -> dict:
+    """Score ``o.ckpt`` on a labelled part; write the report files and return the report."""
+    cfg = read_run_config(o.ckpt, o.config)
+    run_data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress)
+    other = {k: str(v) for k, v in vars(o.data).items() if v is not None}
+    other_folder = "root" in other and Path(other["root"]).resolve() != Path(cfg.data.root).resolve()
+    data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress, **other) if other else run_data
+    split = o.split or ("all" if other_folder else "val")
+    out = o.out or o.ckpt.parent.parent / "eval" / (f"{Path(other['root']).name}-{split}" if other_folder else split)
+    if not o.overwrite and any((out / name).exists() for name in OUTPUTS):
+        raise GzooError(f"{out} already holds an evaluation; pass overwrite=true to replace it, or out=<another folder>.")
+
+    data.setup()
+    ids, true = data.ids(split), data.labels(split)
+    if len(ids) == 0:
+        raise GzooError(
+            f"split={split} of {data.root} is empty (data.val_fraction={data.val_fraction}, data.test_fraction={data.test_fraction}); choose another split."
+        )
+    run_data.setup()
+    net = load_net(o.ckpt, o.device).set_speed(channels_last=True)
+    say(f"evaluating {o.ckpt} on {len(ids)} galaxies (split={split} of {data.root}), tta={','.join(map(str, o.tta))}")
+
+    report = {
+        "checkpoint": str(o.ckpt),
+        "timm_name": net.timm_name,
+        "data": {
+            "root": str(data.root),
+            "labels_csv": data.labels_path.name,
+            "split": split,
+            "galaxies": len(ids),
+            "known_cells": int((~np.isnan(true)).sum()),
+        },
+        "baseline_galaxies": len(run_data.ids("train")),
+        "baseline": rmse_table(mean_prediction(run_data.train_mean(), len(ids)), true),
+        "ids": [int(i) for i in ids],
+        "model": {},
+    }
+    preds = {}
+    for n in o.tta:
+        start = time.perf_counter()
+        loader = data.loader(split, views=tuple(tta_angles(n)), batch_size=o.batch_size, num_workers=o.num_workers)
+        preds[n] = np.concatenate([b["pred"] for b in predict_loader(net, loader, n, o.precision, o.progress)])
+        seconds = time.perf_counter() - start
+        report["model"][str(n)] = rmse_table(preds[n], true) | {
+            "tree_inconsistency": schema.tree_inconsistency(preds[n]),
+            "images_per_second": len(ids) / seconds,
+        }
+        say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
+
+    best = max(o.tta)
+    write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies")
+    say(f"report in {out} (report.md, report.json, PNGs, tensorboard/)")
+    return report
+
+
+def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, title: str) -> None:
+    """The report's files in ``out``, replacing an earlier report's; ``pred`` is drawn against ``true`` under ``title``."""
+    for name in OUTPUTS:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "rmse_per_answer": plot_rmse_per_answer(report["model"], report["baseline"]),
+        "pred_vs_true": plot_pred_vs_true(pred, true, title),
+    }
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        tb.add_scalar("eval/rmse/baseline", report["baseline"]["rmse"])
+        for n, r in report["model"].items():
+            tb.add_scalar(f"eval/rmse/tta{n}", r["rmse"])
+            tb.add_scalar(f"eval/tree_inconsistency_max/tta{n}", r["tree_inconsistency"]["max_abs"])
+            for q, value in r["per_question"].items():
+                tb.add_scalar(f"eval/rmse_{q}/tta{n}", value)
+        for name, fig in figures.items():
+            fig.savefig(out / f"{name}.png", dpi=100)
+            with Image.open(out / f"{name}.png") as png:  # the PNG again rather than drawing the figure twice
+                tb.add_image(f"eval/{name}", np.asarray(png.convert("RGB")), dataformats="HWC")
+    write_markdown(out / "report.md", report)
+    with atomic_open(out / "report.json") as f:  # last: its presence means the report is complete
+        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+
+
+def _json_safe(value):
+    """NaN (no known cell) -> null, so that report.json is standard JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(evaluate, EvaluateOptions, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

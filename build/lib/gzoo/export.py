@@ -1,0 +1,159 @@
+"""Export a trained checkpoint for a survey pipeline: ONNX or TorchScript, with a JSON sidecar.
+
+    python -m gzoo.export ckpt=outputs/default/b0/fulltune/checkpoints/best.ckpt format=onnx
+    python -m gzoo.export ckpt=... format=torchscript out=b0.pt overwrite=true
+
+The exported network takes a float32 batch (N, 3, S, S) of normalised images (the central
+crop resized to S x S, RGB / 255, then (x - mean) / std per channel) and returns the 37 vote
+fractions (N, 37) in Kaggle column order. ``<out>.json`` beside it records S, the crop,
+mean, std, the columns and the head. :func:`load_exported` runs either file from numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gzoo import schema
+from gzoo.config import REQUIRED, option, run_tool
+from gzoo.errors import GzooError
+from gzoo.io import atomic_write_text
+from gzoo.log import say
+from gzoo.module import load_net
+from gzoo.net import GalaxyNet
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+@dataclass
+class ExportOptions:
+    ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
+    format: str = option("onnx", "onnx (run with onnxruntime) or torchscript (torch.jit; deprecated by PyTorch, prefer onnx)", choices=tuple(SUFFIX))
+    out: Path | None = option(None, "the file to write (default: the checkpoint's path with .onnx or .pt)")
+    overwrite: bool = option(False, "replace an existing file")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the JSON record of an exported file lives: ``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the checkpoint's network as ONNX or TorchScript plus its sidecar; returns the file's path."""
+    if format not in SUFFIX:
+        raise GzooError(f"format must be one of {', '.join(SUFFIX)}, got {format!r}.")
+    out = Path(out) if out else Path(ckpt).with_suffix(SUFFIX[format])
+    if out.suffix != SUFFIX[format]:
+        raise GzooError(f"out={out} must end in {SUFFIX[format]} for format={format}.")
+    for path in (out, sidecar_path(out)):
+        if path.exists() and not overwrite:
+            raise GzooError(f"{path} already exists; pass overwrite=true to replace it.")
+
+    network = load_net(ckpt)
+    example = torch.zeros(2, 3, network.image_size, network.image_size)  # float: the exported file takes normalised images
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if format == "onnx":
+            _write_onnx(network, example, out)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "TorchScript is deprecated": the user asked for it
+                torch.jit.save(torch.jit.trace(network, example), str(out))
+    meta = {
+        "format": format,
+        "image_size": network.image_size,
+        "crop_fraction": network.crop_fraction,
+        "mean": list(network.mean),
+        "std": list(network.std),
+        "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
+        "output": "float32 (N, 37): vote fractions in the order of columns",
+        "columns": schema.COLUMNS,
+        "head": network.head,
+        "timm_name": network.timm_name,
+        "checkpoint": str(ckpt),
+    }
+    atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def _write_onnx(network: GalaxyNet, example: torch.Tensor, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs both)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise GzooError("exporting to ONNX needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.") from None
+    torch.onnx.export(
+        network,
+        (example,),
+        str(out),
+        input_names=["image"],
+        output_names=["fractions"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},  # GalaxyNet.forward(x)
+        external_data=False,  # one self-contained file (fine below 2 GB; b7 is about 260 MB)
+        dynamo=True,
+        verbose=False,
+    )
+
+
+class ExportedModel:
+    """An exported file as a function: numpy float32 (N, 3, S, S) -> numpy float32 (N, 37).
+
+    ``meta`` holds the sidecar's record (image_size, crop_fraction, mean, std, columns, head).
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise GzooError(f"exported model {path} not found.")
+        if not sidecar_path(path).is_file():
+            raise GzooError(f"{sidecar_path(path)} not found; it records the input size and normalisation, so export again with gzoo.export.")
+        self.path = path
+        self.meta = json.loads(sidecar_path(path).read_text())
+        self._session = self._net = None
+        if path.suffix == SUFFIX["onnx"]:
+            try:
+                import onnxruntime
+            except ImportError:
+                raise GzooError(f"running {path} needs onnxruntime: pip install onnxruntime.") from None
+            self._session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+        elif path.suffix == SUFFIX["torchscript"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self._net = torch.jit.load(str(path), map_location="cpu").eval()
+        else:
+            raise GzooError(f"{path}: expected a .onnx or .pt file written by gzoo.export.")
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        size = self.meta["image_size"]
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise GzooError(f"{self.path} takes images of shape (N, 3, {size}, {size}), got {images.shape}.")
+        if self._session is not None:
+            return self._session.run(None, {"image": images})[0]
+        with torch.no_grad():
+            return self._net(torch.from_numpy(images)).numpy()
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Load a file written by :func:`export` (.onnx with onnxruntime, .pt with torch.jit)."""
+    return ExportedModel(path)
+
+
+def _export_and_say(o: ExportOptions) -> None:
+    out = export(o.ckpt, o.format, o.out, o.overwrite)
+    say(f"wrote {out} and {sidecar_path(out)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(_export_and_say, ExportOptions, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

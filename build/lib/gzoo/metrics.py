@@ -1,0 +1,69 @@
+"""The score: RMSE over every known value, as Kaggle computes it, and the predict-the-mean baseline.
+
+sqrt(sum of squared errors / number of known cells), one number over all the galaxies and
+answers counted, never a mean of per-batch or per-column RMSEs. Unknown cells (mask 0, or NaN
+in a numpy table) are left out. :class:`MaskedRMSE` is the one implementation: training logs
+it per epoch (summed across DDP processes), and :func:`rmse` and :func:`rmse_table` use it for
+numpy tables (evaluation reports, the baseline).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from gzoo import schema
+
+
+class MaskedRMSE(Metric):
+    """RMSE over every known value seen since the last reset (NaN if none was known)."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("sum_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+        mask = mask.double()
+        self.sum_sq += ((pred.double() - target.double()) ** 2 * mask).sum()
+        self.count += mask.sum()
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.count > 0, torch.sqrt(self.sum_sq / self.count.clamp_min(1)), torch.nan)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean squared error over the cells where mask is 1."""
+    return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp_min(1)
+
+
+def rmse(pred: np.ndarray, true: np.ndarray) -> float:
+    """RMSE of ``pred`` over the known (non-NaN) cells of ``true``; NaN where none is known."""
+    true_t = torch.as_tensor(np.array(true, dtype=np.float64))
+    known = ~torch.isnan(true_t)
+    metric = MaskedRMSE()
+    metric.update(torch.as_tensor(np.array(pred, dtype=np.float64)), true_t.nan_to_num(), known)
+    return float(metric.compute())
+
+
+def rmse_table(pred: np.ndarray, true: np.ndarray) -> dict:
+    """:func:`rmse` overall, per question and per answer of the 37 Kaggle columns."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    return {
+        "rmse": rmse(pred, true),
+        "per_question": {f"Q{q.number}": rmse(pred[:, sl], true[:, sl]) for q, sl in schema.question_slices()},
+        "per_answer": {c: rmse(pred[:, i], true[:, i]) for i, c in enumerate(schema.COLUMNS)},
+    }
+
+
+def mean_prediction(train_mean: np.ndarray, n: int) -> np.ndarray:
+    """The baseline's predictions for n galaxies: each column's training mean, for every galaxy."""
+    return np.broadcast_to(np.asarray(train_mean, dtype=np.float64), (n, len(train_mean)))
+
+
+def baseline_rmse(train_mean: np.ndarray, true: np.ndarray) -> float:
+    """RMSE of predicting each column's training mean for every galaxy of ``true``."""
+    return rmse(mean_prediction(train_mean, len(true)), true)

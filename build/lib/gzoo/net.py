@@ -1,0 +1,200 @@
+"""GalaxyNet: the plain network, used as it is for training, prediction, evaluation, export and the benchmark.
+
+    input   uint8 (B, 3, S, S) as the data pipeline makes it, normalised here on the device
+            (after the training pipeline's per-image brightness), or float32 already normalised
+    body    timm.create_model(name, num_classes=0): global-average-pooled features
+    tail    dropout 0.5 -> dense 64 + ReLU -> dense 37
+    head    sigmoid (the paper's 37 independent sigmoids) or the decision tree (see heads.py)
+
+From Python, use GalaxyNet to predict or to get features; GalaxyZooModule (module.py) wraps
+it for training with Lightning (loss, metrics, freezing, optimiser).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import nullcontext
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from gzoo import schema
+from gzoo.errors import GzooError
+from gzoo.heads import HEADS
+from gzoo.transforms import normalise_batch
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+# ----------------------------------------------------------------------------- the body
+
+
+def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the body was trained with (timm's pretrained config is the truth)."""
+    if not timm.is_model(timm_name.split(".")[0]):
+        raise GzooError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_models('*efficientnet*').")
+    try:
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+    except RuntimeError as e:  # e.g. a tag that does not exist for this architecture
+        raise GzooError(f"model.timm_name={timm_name!r}: {e}") from None
+    if cfg is None:
+        raise GzooError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_pretrained('*efficientnet*').")
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def create_body(timm_name: str, pretrained: bool, weights: str | None = None) -> nn.Module:
+    """The timm model without its classifier, pretrained as asked, never silently random."""
+    backbone_norm(timm_name)  # the name check, with its one sentence
+    if weights:
+        body = timm.create_model(timm_name, num_classes=0, pretrained=False)
+        path = Path(weights)
+        if not path.is_file():
+            raise GzooError(f"model.weights={path} not found; point it at a timm state dict (.pth or .safetensors).")
+        try:
+            state = timm.models.load_state_dict(str(path))
+        except Exception as e:
+            raise GzooError(f"model.weights={path} is not a readable state dict ({e}).") from None
+        classifier = body.pretrained_cfg.get("classifier", "classifier")
+        state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
+        try:
+            body.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise GzooError(f"model.weights={path} does not fit {timm_name} ({first}).") from None
+        return body
+    if not pretrained:
+        return timm.create_model(timm_name, num_classes=0, pretrained=False)
+    if not _weights_in_cache(timm_name) and not hub_reachable():
+        raise GzooError(_no_weights_message(timm_name, "the Hugging Face hub cannot be reached and they are not in the local cache"))
+    try:
+        return timm.create_model(timm_name, num_classes=0, pretrained=True)
+    except Exception as e:
+        raise GzooError(_no_weights_message(timm_name, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+
+
+def _no_weights_message(timm_name: str, reason: str) -> str:
+    return (
+        f"could not fetch the pretrained weights of {timm_name} ({reason}); "
+        "pass model.pretrained=false to train from scratch, model.weights=PATH to load a local timm state dict, "
+        "or run with a pre-filled Hugging Face cache (HF_HOME, HF_HUB_OFFLINE=1)."
+    )
+
+
+def _weights_in_cache(timm_name: str) -> bool:
+    """Whether the Hugging Face cache already holds this model's weights."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    if not hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check that the hub answers, so an offline machine fails in seconds, not after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class GalaxyNet(nn.Module):
+    """Body, tail and output head, normalising uint8 images on its device.
+
+    ``mean``/``std`` default to the body's own (timm's pretrained config). ``image_size`` and
+    ``crop_fraction`` are what the network expects to see (the evaluation view: the central
+    crop resized to image_size); they travel with it to prediction and export.
+    """
+
+    def __init__(
+        self,
+        timm_name: str,
+        pretrained: bool = True,
+        weights: str | None = None,
+        image_size: int = 224,
+        crop_fraction: float = 0.5,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        dropout: float = 0.5,
+        hidden: int = 64,
+        head: str = "sigmoid",
+        outputs: int = schema.NUM_ANSWERS,
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise GzooError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}.")
+        if mean is None or std is None:
+            mean, std = backbone_norm(timm_name)
+        self.timm_name, self.image_size, self.crop_fraction = timm_name, image_size, crop_fraction
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.head = head  # the output head in use (a tree run may start with sigmoid; see GalaxyZooModule)
+        self.body = create_body(timm_name, pretrained, weights)
+        self.tail = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.body.num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, outputs))
+        # For uint8 batches; not saved in checkpoints: they follow from mean and std.
+        self.register_buffer("pixel_mean", torch.tensor(self.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.std, dtype=torch.float32), persistent=False)
+
+    def features(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, F) pooled body features (uint8 images are normalised first)."""
+        if x.dtype == torch.uint8:
+            x = normalise_batch(x, self.pixel_mean, self.pixel_std, brightness)
+        elif brightness is not None:
+            raise GzooError("brightness applies to uint8 batches only; a float batch is already normalised.")
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, 37) vote fractions."""
+        return HEADS[self.head](self.tail(self.features(x, brightness)).float())
+
+    def set_speed(self, channels_last: bool = False, compile: bool = False) -> GalaxyNet:
+        """NHWC weights (convolutions then pick NHWC; no input conversion needed) and/or a compiled body, in place.
+
+        Neither changes the state dict, so checkpoints load the same either way.
+        """
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if compile:
+            self.body.compile()  # nn.Module.compile: in place, keeps the parameter names of checkpoints
+        return self
+
+
+# ----------------------------------------------------------------------------- devices and precision
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` = the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GzooError(f"device={device!r} is not a torch device; use auto, cpu or cuda.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GzooError(f"device={device} was asked for, but no GPU is visible; use device=auto or device=cpu.")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Lightning's precision names; ``auto`` = bf16-mixed on a GPU that has it, else exact 32-bit."""
+    if precision not in PRECISIONS:
+        raise GzooError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a precision (as Lightning's Trainer applies it in training)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(resolve_precision(precision, device))
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()

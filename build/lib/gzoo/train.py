@@ -1,0 +1,216 @@
+"""Training entry point: ``python -m gzoo.train phase=finetune`` (then ``phase=fulltune``).
+
+The data module, the module and the Trainer are built here in plain code from the composed
+config (conf/, shipped inside the package), so a run can be followed with go-to-definition;
+only swappable parts (callbacks, loggers, extra augmentations) come from ``_target_`` entries.
+
+Order of work: validate the data -> check the output folder -> build the model ->
+fit -> score the best checkpoint -> write metrics.json. Nothing is written to the
+run folder before the data is known to be good.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from gzoo.callbacks import StepSeed
+from gzoo.data import GalaxyZooDataModule
+from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
+from gzoo.io import atomic_open, atomic_write_text
+from gzoo.log import error, logger, say
+from gzoo.metrics import baseline_rmse
+from gzoo.module import GalaxyZooModule
+
+CONF = Path(__file__).parent / "conf"
+
+
+def build_datamodule(cfg: DictConfig) -> GalaxyZooDataModule:
+    """The run's data module, from its ``data`` node and seed."""
+    return GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed)
+
+
+def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
+    """The run's module from its ``model`` node, the phase and the crop; ``pretrained=False`` when
+    the weights will come from a checkpoint (nothing is downloaded then)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if not pretrained:
+        model.update(pretrained=False, weights=None)
+    module = GalaxyZooModule(**model, freeze_body=cfg.phase.freeze_body, crop_fraction=cfg.data.crop_fraction)
+    module.net.set_speed(**cfg.speed)
+    return module
+
+
+def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
+    """Copy the weights of an earlier phase's checkpoint into ``module``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = ckpt.get("hyper_parameters", {}).get("timm_name")
+    if theirs != module.hparams.timm_name:
+        raise GzooError(f"phase.init_from={path} holds a {theirs} model, but this run builds {module.hparams.timm_name}.")
+    module.load_state_dict(ckpt["state_dict"])
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``resume=true`` -> the run's last.ckpt, ``resume=PATH`` -> that file."""
+    resume = cfg.get("resume", False)
+    if resume is False or resume is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
+    if not path.is_file():
+        raise GzooError(f"resume={resume} but {path} does not exist; run without resume to start afresh.")
+    return path
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier run unless ``overwrite=true`` (which deletes its results)."""
+    earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv") if (run_dir / n).exists()]
+    if earlier and not overwrite:
+        raise GzooError(f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, or name=<new name> to keep both.")
+    for p in earlier:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one phase as configured; returns the final metrics (also written to metrics.json)."""
+    run_dir = Path(cfg.run_dir)
+    say(f"{cfg.phase.name} of {cfg.model.timm_name}: outputs go to {run_dir}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    if cfg.data.get("synth"):  # data=synthetic: make the set once, then read it like Kaggle's files
+        from gzoo.synth import generate
+
+        generate(Path(cfg.data.root), **OmegaConf.to_container(cfg.data.synth, resolve=True))
+
+    dm = build_datamodule(cfg)
+    dm.setup()  # validates catalogue and images; raises GzooError before anything is written
+    say(f"data: {len(dm.ids('train'))} train / {len(dm.ids('val'))} val / {len(dm.ids('test'))} test galaxies from {dm.root}")
+
+    init_from = Path(cfg.phase.init_from) if cfg.phase.init_from else None
+    if init_from is not None and not init_from.is_file():
+        raise GzooError(
+            f"phase={cfg.phase.name} starts from {init_from}, which does not exist; make it first with "
+            f"`python -m gzoo.train phase=finetune model={cfg.model.name} name={cfg.name}` (same data options), "
+            "or point phase.init_from at a checkpoint."
+        )
+
+    resume_from = resume_checkpoint(cfg, run_dir)
+
+    # Weights: from a checkpoint if resuming or continuing an earlier phase, else pretrained (or from scratch) as asked.
+    module = build_module(cfg, pretrained=cfg.model.pretrained and init_from is None and resume_from is None)
+    if init_from is not None and resume_from is None:
+        load_init_weights(module, init_from)
+        say(f"weights from {init_from}")
+
+    writer = rank_zero_only.rank == 0  # under DDP every process runs this function; one writes files
+    if resume_from is None and writer:
+        prepare_run_dir(run_dir, cfg.overwrite)
+    elif resume_from is not None:
+        say(f"resuming from {resume_from}")
+    if writer:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if dm.skipped and writer:
+        with atomic_open(run_dir / "skipped_images.csv", newline="") as f:
+            pd.DataFrame(dm.skipped, columns=["path", "reason"]).to_csv(f, index=False)
+        say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [StepSeed(cfg.seed)]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
+        default_root_dir=run_dir,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise RunInterrupted(
+            f"stopped by SIGTERM in epoch {trainer.current_epoch}; {last if last.is_file() else 'no checkpoint yet'} holds the last "
+            "complete epoch; continue with the same command plus resume=true."
+        ) from None
+    except NonFiniteLossError as e:
+        raise GzooError(
+            f"{e}; the run stopped and {last if last.is_file() else 'no checkpoint was written yet, so nothing'} "
+            "holds the last good weights; lower model.lr or check the inputs."
+        ) from None
+
+    ckpt = trainer.checkpoint_callback
+    metrics = {
+        "val/rmse": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else float("nan"),
+        "val/rmse_baseline": baseline_rmse(dm.train_mean(), dm.labels("val")),
+        "epochs": trainer.current_epoch,
+    }
+    if len(dm.ids("test")):
+        (result,) = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt else None, verbose=False)
+        metrics["test/rmse"] = float(result["test/rmse"])
+        metrics["test/rmse_baseline"] = baseline_rmse(dm.train_mean(), dm.labels("test"))
+    metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
+    if writer:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    say(f"best val/rmse {metrics['val/rmse']:.5f} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
+    if "test/rmse" in metrics:
+        say(f"test/rmse {metrics['test/rmse']:.5f} (baseline {metrics['test/rmse_baseline']:.5f})")
+    say(f"outputs in {run_dir} (checkpoints/, tensorboard/, metrics.json); view with `tensorboard --logdir {run_dir.parent.parent}`")
+    return metrics
+
+
+def help_text(argv: list[str]) -> str:
+    """``python -m gzoo.train --help``: the groups, then every key of the chosen configs with its default and
+    comment, read from the YAML files themselves (Hydra's own help prints the composed config without comments)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults)
+    chosen = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+    chosen.update(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in chosen)  # e.g. model=b3 --help
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = [
+        "python -m gzoo.train [group=option ...] [key=value ...]: train one phase (finetune, then fulltune).",
+        "  -m: a sweep (e.g. -m model=b0,b1); --cfg job: print the composed config; --hydra-help: Hydra's own options.",
+        "",
+        "Groups (group=option; the default marked *):",
+    ]
+    for g in groups:
+        options = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+        lines.append(f"  {g}: " + ", ".join(f"{o}*" if o == chosen.get(g) else o for o in options))
+    files = [("train.yaml", "")] + [(f"{g}/{chosen[g]}.yaml", f"{g}.") for g in groups if chosen.get(g) not in (None, "null")]
+    for name, prefix in files:
+        text = (CONF / name).read_text()
+        body = [line for line in text.split("\n") if line.strip()]
+        if name == "train.yaml":  # its defaults list is shown above as the groups
+            start = next(i for i, line in enumerate(body) if line.startswith("name:"))
+            body = body[start:]
+        lines += ["", f"# --- {name}" + (f": keys {prefix}*" if prefix and "@package _global_" not in text else ""), *body]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/rmse"]
+    except RunInterrupted as e:
+        logger.error(str(e))
+        sys.exit(143)  # the conventional status of a process ended by SIGTERM
+    except GzooError as e:
+        error(str(e))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text(sys.argv[1:]))
+        sys.exit(0)
+    main()
