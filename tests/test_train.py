@@ -118,3 +118,22 @@ def test_command_line_user_error_is_one_sentence_without_traceback(tmp_path, kag
     (log,) = tmp_path.glob("hydra/*/train.log")
     text = log.read_text()
     assert "[gzoo][INFO] - finetune of test_efficientnet" in text and "[gzoo][ERROR] - error: labels file" in text
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("foo=1", "Could not override 'foo'. To append to your config use +foo=1"),
+        ("model=b9", "Could not find 'model/b9' Available options in 'model': b0, b1, b2, b3, b4, b5, b6, b7"),
+        ("data.batch_size=[1", "no viable alternative at input '[1'"),
+    ],
+)
+def test_a_bad_override_is_one_sentence_and_status_2_before_anything_runs(override, said, capsys):
+    from gzoo.train import check_overrides
+
+    with pytest.raises(SystemExit) as stop:
+        check_overrides([override])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("[gzoo] error: ") and said in line and line.endswith("python -m gzoo.train --help lists the groups and keys.")
+    check_overrides(["debug=tiny", "hydra.run.dir=/tmp/x", "experiment=paper_b0"])  # good ones pass (negative control)

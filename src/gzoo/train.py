@@ -197,6 +197,29 @@ def help_text(argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once before Hydra runs, so an unknown key, a missing group option or a bad
+    override ends in gzoo's one sentence and exit 2 (Hydra's own answer is several lines and exit 1).
+    Sweeps and Hydra's flags (any argument starting with -) are left to Hydra."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose("train", overrides=argv)
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e).split("Config search path:")[0]  # Hydra appends where it looked: not the user's concern
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
+        said = " ".join(lines[:2])
+        if len(lines) > 2 and lines[1].endswith(":"):  # "Available options in 'model':" then one per line
+            said += " " + ", ".join(lines[2:])
+        error(said.rstrip(".") + "; python -m gzoo.train --help lists the groups and keys.")
+        sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
@@ -213,4 +236,5 @@ if __name__ == "__main__":
     if {"--help", "-h"} & set(sys.argv[1:]):
         print(help_text(sys.argv[1:]))
         sys.exit(0)
+    check_overrides(sys.argv[1:])
     main()
