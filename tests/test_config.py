@@ -50,6 +50,18 @@ def test_paper_b0_pins_the_whole_recipe_in_its_own_file():
     assert {key: OmegaConf.select(cfg, key) for key in PAPER} == PAPER
 
 
+def test_fulltune_starts_from_the_finetune_checkpoint_of_the_same_variant(tmp_path):
+    cfg = compose_train("model=b3", "phase=fulltune", f"paths.output_root={tmp_path}", "name=exp")
+    assert cfg.phase.freeze_body is False
+    assert cfg.phase.init_from == f"{tmp_path}/exp/b3/finetune/checkpoints/best.ckpt"
+    assert compose_train("phase=finetune").phase.freeze_body is True
+
+
+def test_experiment_recipe_composes():
+    cfg = compose_train("experiment=paper_b0")
+    assert cfg.name == "paper_b0" and cfg.model.name == "b0"
+
+
 def test_train_help_lists_groups_and_every_key_with_its_default_and_comment():
     from gzoo.train import help_text
 
