@@ -68,6 +68,8 @@ def _check_fraction(fraction: float) -> None:
 
 def rotate(image: np.ndarray, angle: float) -> np.ndarray:
     """Rotate a whole (H, W, 3) image counter-clockwise; right angles exactly, others with reflected edges."""
+    if angle % 360 == 0:  # the usual view (tta=1, and the first of every tta): no copy
+        return image
     if angle % 90 == 0:
         return np.ascontiguousarray(np.rot90(image, int(angle // 90)))
     h, w = image.shape[:2]
