@@ -26,6 +26,7 @@ from gzoo import schema
 from gzoo.errors import GzooError
 from gzoo.heads import HEADS
 from gzoo.transforms import normalise_batch
+from gzoo.weights import PACKAGED, packaged_weights
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
@@ -49,6 +50,8 @@ def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 def create_body(timm_name: str, pretrained: bool, weights: str | None = None) -> nn.Module:
     """The timm model without its classifier, pretrained as asked, never silently random."""
     backbone_norm(timm_name)  # the name check, with its one sentence
+    if pretrained and not weights and timm_name.split(".")[0] in PACKAGED:
+        weights = str(packaged_weights(timm_name))  # ImageNet weights from an installed package: no hub needed
     if weights:
         body = timm.create_model(timm_name, num_classes=0, pretrained=False)
         path = Path(weights)
