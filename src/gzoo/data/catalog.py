@@ -6,6 +6,7 @@ file, row, column or option.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from gzoo import schema
 from gzoo.errors import GzooError
-from gzoo.images import check_image
+from gzoo.images import IMAGE_SUFFIXES, check_image, image_id, image_suffix, index_images
 
 MISSING_LABEL_MODES = ("error", "mask")
 BAD_IMAGE_MODES = ("error", "skip")
@@ -80,8 +81,12 @@ def read_catalog(csv_path: str | Path, missing_labels: str = "error") -> pd.Data
 
 
 def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_bad_image: str = "error") -> tuple[dict[int, Path], list[tuple[Path, str]]]:
-    """Check that every GalaxyID has a JPEG that decodes; returns {id: path} and the unreadable files.
+    """Check that every GalaxyID has an image that decodes; returns {id: path} and the unreadable files.
 
+    A galaxy's image is the file of ``images_dir`` whose name without its extension is the GalaxyID
+    (``100150.jpg``, ``100150.JPG``, ``100150.png``, ... any of gzoo.images.IMAGE_SUFFIXES in any letter
+    case); two files of one galaxy (``0100150.jpg`` beside ``100150.jpg``) are an error naming both,
+    and so is a broken symbolic link standing for a galaxy's image.
     A missing image is always an error (a wrong folder should not silently skip everything).
     An unreadable one (truncated, corrupt, empty, not an image) is an error naming it, or,
     with ``on_bad_image="skip"``, left out and returned with its reason.
@@ -91,11 +96,18 @@ def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_ba
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise GzooError(f"image folder {images_dir} not found; set data.root and data.images_dir to the folder of <GalaxyID>.jpg files.")
-    paths = {int(i): images_dir / f"{int(i)}.jpg" for i in ids}
-    missing = [i for i, p in paths.items() if not p.is_file()]
+    found = index_images(images_dir)
+    broken = {gid: link for link in found.broken if (gid := _link_id(link)) is not None}
+    if any(int(i) in broken for i in ids):
+        link = broken[next(int(i) for i in ids if int(i) in broken)]
+        raise GzooError(f"image {link} is a broken symbolic link (its target {os.readlink(link)} does not exist); fix the link or remove it.")
+    missing = [int(i) for i in ids if int(i) not in found.by_id]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise GzooError(f"{len(missing)} galaxies have no image in {images_dir}: GalaxyID {shown}.")
+        raise GzooError(
+            f"{len(missing)} galaxies have no image in {images_dir}: GalaxyID {shown} (an image is <GalaxyID>{'|'.join(IMAGE_SUFFIXES)}, any letter case)."
+        )
+    paths = {int(i): found.by_id[int(i)] for i in ids}
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL releases the GIL while decoding
         reasons = list(tqdm(pool.map(check_image, paths.values()), total=len(paths), desc="checking images", disable=not progress, leave=False))
     bad = [(p, r) for p, r in zip(paths.values(), reasons) if r is not None]
@@ -104,3 +116,9 @@ def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_ba
         raise GzooError(f"image {bad[0][0]} cannot be read ({bad[0][1]}){more}; replace or remove it, or pass data.on_bad_image=skip to leave such files out.")
     good = {i: p for (i, p), r in zip(paths.items(), reasons) if r is None}
     return good, bad
+
+
+def _link_id(link: Path) -> int | None:
+    """The GalaxyID a (broken) link's name gives, if it is an image name."""
+    gid = image_id(link) if image_suffix(link) else None
+    return gid if isinstance(gid, int) else None

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gzoo.errors import GzooError
-from gzoo.images import load_image
+from gzoo.images import FitsStretch, load_image
 from gzoo.transforms import reseed, rotate
 
 
@@ -59,6 +59,7 @@ class GalaxyZooDataset(Dataset):
     ``views``: angles (degrees) by which the whole image is rotated before the transform, one view
     each (test-time augmentation). ``on_bad_image="skip"``: an unreadable image gives a zero image and
     its reason under "error" ("" for a good one) instead of stopping with an error naming it.
+    ``fits``: how FITS files are stretched to 8 bit (see gzoo.images.FitsStretch).
     """
 
     def __init__(
@@ -70,8 +71,9 @@ class GalaxyZooDataset(Dataset):
         seed: int = 0,
         views: Sequence[float] = (),
         on_bad_image: str = "error",
+        fits: FitsStretch | None = None,
     ):
-        self.images, self.transform, self.seed = list(images), transform, seed
+        self.images, self.transform, self.seed, self.fits = list(images), transform, seed, fits
         self.ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # plain ints (or names) for collate
         self.views, self.skip_bad = tuple(views), on_bad_image == "skip"
         if labels is not None:
@@ -92,7 +94,9 @@ class GalaxyZooDataset(Dataset):
             i = key
         item: dict[str, Any] = {"id": self.ids[i]}
         try:
-            image = self.images[i] if isinstance(self.images[i], np.ndarray) else load_image(self.images[i])
+            image = self.images[i] if isinstance(self.images[i], np.ndarray) else load_image(self.images[i], self.fits)
+        except GzooError:
+            raise  # not the file's fault (astropy missing): the sentence says what to do
         except Exception as e:  # decoders raise many kinds for bad files
             reason = str(e) or type(e).__name__
             if not self.skip_bad:
