@@ -6,12 +6,14 @@ this module's own (their GalaxyIDs need only be files, not the run's galaxies).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from gzoo import predict, schema
 from gzoo.errors import GzooError
@@ -147,7 +149,9 @@ def test_command_line(ckpt, images, tmp_path, capsys):
         (["ckpt=x", "images=y", "out=z.csv", "tta=0"], "tta=0 must be >= 1"),
         (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "on_bad_image=ignore is not one of error, skip"),
         (["ckpt=x", "images=y"], "out=... is required"),
-        (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "no .jpg files"),
+        (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "holds no image files"),
+        (["ckpt=x", "images=.", "out=z.json"], "out=z.json: the extension chooses the format and must be .csv or .parquet"),
+        (["ckpt=x", "images=y", "out=z.csv", "fits.softening=0"], "fits.softening=0.0 must be >= 1e-06"),
     ],
 )
 def test_command_line_mistakes_are_one_sentence(args, message, tmp_path, monkeypatch, capsys):
@@ -161,3 +165,77 @@ def test_command_line_mistakes_are_one_sentence(args, message, tmp_path, monkeyp
 def test_a_missing_checkpoint_is_named(images, tmp_path):
     with pytest.raises(GzooError, match="checkpoint .*nope.ckpt not found"):
         predict.predict(options(tmp_path / "nope.ckpt", images, tmp_path / "sub.csv"))
+
+
+# ----------------------------------------------------------------------------- any image file, tables, names
+
+
+def test_any_image_file_in_any_case_and_other_files_said(ckpt, images, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    jpgs = sorted(images.iterdir())
+    shutil.copy(jpgs[0], folder / "1.JPG")
+    shutil.copy(jpgs[1], folder / "2.jpeg")
+    Image.open(jpgs[2]).save(folder / "3.PNG")
+    Image.open(jpgs[3]).convert("L").save(folder / "4.tif")
+    (folder / "notes.txt").write_text("not an image")
+    out = predict.predict(options(ckpt, folder, tmp_path / "sub.csv"))
+    assert pd.read_csv(out)[schema.ID_COLUMN].tolist() == [1, 2, 3, 4]
+    assert "left out 1 entries of" in capsys.readouterr().out
+
+
+def test_string_ids_from_file_names_and_parquet_output(ckpt, images, tmp_path):
+    folder = tmp_path / "sky"
+    folder.mkdir()
+    names = ["J123456.78+012345.6", "J000102.03-040506.7", "NGC1300"]
+    for path, name in zip(sorted(images.iterdir()), names):
+        Image.open(path).save(folder / f"{name}.png")
+    table = pd.read_parquet(predict.predict(options(ckpt, folder, tmp_path / "pred.parquet")))
+    assert list(table.columns) == ["id_str", *schema.COLUMNS]
+    assert table["id_str"].tolist() == sorted(names)
+    # The same rows as a CSV (6 decimals) and as the numpy API.
+    csv = pd.read_csv(predict.predict(options(ckpt, folder, tmp_path / "pred.csv")))
+    assert csv["id_str"].tolist() == sorted(names)
+    np.testing.assert_allclose(csv[schema.COLUMNS].to_numpy(), table[schema.COLUMNS].to_numpy(), atol=6e-7)
+    paths = [folder / f"{name}.png" for name in table["id_str"]]
+    np.testing.assert_allclose(table[schema.COLUMNS].to_numpy(), predict_images(load_net(ckpt, "cpu"), paths), atol=1e-6)
+
+
+def test_integer_ids_stay_integers_in_parquet(ckpt, images, tmp_path):
+    table = pd.read_parquet(predict.predict(options(ckpt, images, tmp_path / "sub.parquet")))
+    assert list(table.columns) == schema.HEADER and table[schema.ID_COLUMN].dtype == np.int64
+    assert table[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]
+
+
+def test_two_files_of_one_galaxy_are_refused_naming_both(ckpt, images, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    shutil.copy(folder / "900.jpg", folder / "0900.jpg")
+    with pytest.raises(GzooError, match=r"0900\.jpg and .*/900\.jpg are both galaxy 900; remove or rename one of them"):
+        predict.predict(options(ckpt, folder, tmp_path / "sub.csv"))
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_broken_symlink_is_named(ckpt, images, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "55.jpg").symlink_to(tmp_path / "moved" / "55.jpg")
+    with pytest.raises(
+        GzooError, match=r"images/55\.jpg is a broken symbolic link \(its target .*moved/55\.jpg does not exist\); fix the link or remove it\.$"
+    ):
+        predict.predict(options(ckpt, folder, tmp_path / "sub.csv"))
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_killed_predictions_temporary_file_is_removed_by_the_next_write(ckpt, images, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that no longer runs, as one killed by SIGKILL mid-write
+    out = tmp_path / "sub.csv"
+    stale = tmp_path / f".sub.csv.{dead.pid}.tmp"
+    stale.write_text("GalaxyID,Class1.1\n3,0.5\n")  # what the killed run left
+    running = tmp_path / f".sub.csv.{os.getppid()}.tmp"  # a live process's file is not touched
+    running.write_text("in progress\n")
+    predict.predict(options(ckpt, images, out))
+    assert not stale.exists() and running.exists() and len(pd.read_csv(out)) == 7

@@ -1,30 +1,38 @@
-"""Kaggle submission from a checkpoint and a folder of JPEGs.
+"""Predictions for a folder of galaxy images from a checkpoint: a Kaggle submission, or a CSV/Parquet table.
 
-    python -m gzoo.predict ckpt=PATH images=DIR out=FILE.csv [tta=8] [on_bad_image=skip] ...
+    python -m gzoo.predict ckpt=PATH images=DIR out=FILE.csv|FILE.parquet [tta=8] [on_bad_image=skip] ...
 
 The checkpoint carries all that is needed: the network and its evaluation view (image size,
-mean, std, crop fraction); no config is read. The CSV has the Kaggle header (GalaxyID,
-Class1.1 ... Class11.6) and one row per <GalaxyID>.jpg, sorted by GalaxyID.
+mean, std, crop fraction); no config is read. The folder's images are .jpg .jpeg .png .tif .tiff
+.fits .fits.gz files in any letter case (see gzoo.images: 16-bit scaled to 8, greyscale to three
+channels, FITS stretched by fits.*); anything else in it is left out and said. A galaxy's id is its
+file name without the extension: an integer when it is all digits, else the name. The table has the
+id column (GalaxyID when every id is an integer, as Kaggle's, else id_str), then Class1.1 ...
+Class11.6, one row per image, sorted by id: with integer ids it is exactly a Kaggle submission.
+Two files of one id (0100150.jpg beside 100150.jpg) and broken symbolic links are errors naming them.
 
 tta=N averages N views of each galaxy. tta=8: the four right-angle rotations with and
 without a mirror flip, made with torch.rot90/flip on the cropped uint8 batch on the device,
 so an image and its rotated or flipped copy get the same prediction. Any other N: the whole
 image rotated by N evenly spaced angles (0, 360/N, ...) before the crop.
 
-The CSV is written to a hidden temporary file beside ``out`` and renamed only when
-complete, so a partial file never appears under ``out``. An unreadable image is an error
-naming it; with on_bad_image=skip it is left out, listed at the end and in FILE.csv.skipped.txt.
+The table's format follows out's extension (.csv or .parquet). It is written to a hidden temporary
+file beside ``out`` and renamed only when complete, so a partial file never appears under ``out``.
+An unreadable image is an error naming it; with on_bad_image=skip it is left out, listed at the end
+and in FILE.csv.skipped.txt.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -33,7 +41,8 @@ from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import BAD_IMAGE_MODES, GalaxyZooDataset, make_loader
 from gzoo.errors import GzooError
-from gzoo.io import atomic_open
+from gzoo.images import FITS_SUFFIXES, IMAGE_SUFFIXES, FitsStretch, GalaxyId, id_sort_key, ids_by_file, image_suffix, index_images, need_fits_reader
+from gzoo.io import atomic_open, table_suffix, write_table
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import PRECISIONS, GalaxyNet, autocast
@@ -43,8 +52,8 @@ from gzoo.transforms import eval_transform
 @dataclass
 class PredictOptions:
     ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
-    images: Path = option(REQUIRED, "a folder of <GalaxyID>.jpg files")
-    out: Path = option(REQUIRED, "the CSV to write (Kaggle header, one row per image, sorted by GalaxyID)")
+    images: Path = option(REQUIRED, "a folder of images named <id>.<ext>: .jpg .jpeg .png .tif .tiff .fits .fits.gz, any letter case")
+    out: Path = option(REQUIRED, "the table to write, .csv or .parquet by its extension: the id, then Class1.1 ... Class11.6, sorted by id")
     tta: int = option(1, "views averaged per galaxy: 8 = right-angle rotations x mirror; N = N evenly spaced angles", low=1)
     batch_size: int = option(32, "galaxies per batch", low=1)
     num_workers: int = option(2, "DataLoader worker processes decoding images", low=0)
@@ -53,6 +62,7 @@ class PredictOptions:
     device: str = option("auto", "auto (the GPU if there is one), cpu, cuda, cuda:1 ...")
     precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
     progress: bool = option(True, "show a progress bar")
+    fits: FitsStretch = field(default_factory=FitsStretch)  # how FITS cutouts become 8-bit images
 
 
 # ----------------------------------------------------------------------------- views
@@ -68,34 +78,42 @@ def dihedral_views(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)], dim=1)
 
 
-def image_dataset(net: GalaxyNet, images: Sequence[Path | np.ndarray], ids: Sequence, tta: int = 1, on_bad_image: str = "skip") -> GalaxyZooDataset:
+def image_dataset(
+    net: GalaxyNet, images: Sequence[Path | np.ndarray], ids: Sequence, tta: int = 1, on_bad_image: str = "skip", fits: FitsStretch | None = None
+) -> GalaxyZooDataset:
     """Unlabelled images as the network sees them (its evaluation view), with the views of ``tta``."""
-    return GalaxyZooDataset(images, None, ids, eval_transform(net.image_size, net.crop_fraction), views=tta_angles(tta), on_bad_image=on_bad_image)
+    if any(not isinstance(p, np.ndarray) and image_suffix(p) in FITS_SUFFIXES for p in images):
+        need_fits_reader(next(p for p in images if not isinstance(p, np.ndarray) and image_suffix(p) in FITS_SUFFIXES))  # here, not in a worker
+    tf = eval_transform(net.image_size, net.crop_fraction)
+    return GalaxyZooDataset(images, None, ids, tf, views=tta_angles(tta), on_bad_image=on_bad_image, fits=fits)
 
 
 # ----------------------------------------------------------------------------- prediction
 
 
 @torch.no_grad()
-def predict_loader(net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: str = "auto", progress: bool = False) -> Iterator[dict]:
+def predict_loader(net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: str = "auto", progress: bool = False, features: bool = False) -> Iterator[dict]:
     """Predictions batch by batch, in the loader's order: each batch's dict with "pred" (B, 37) float64
     averaged over the views (NaN rows for unreadable images, whose reason is under "error").
 
     The loader's items carry views (B, V, 3, S, S) (see GalaxyZooDataset); tta=8 adds the
-    8 right-angle views on the device.
+    8 right-angle views on the device. ``features=True``: "pred" holds the pooled body features
+    (B, F) (GalaxyNet.features) instead, averaged over the views the same way.
     """
+    forward = net.features if features else net
     if tta < 1:
         raise GzooError(f"tta must be a number of views >= 1, got {tta}.")
     device = next(net.parameters()).device
     net.eval()
-    with tqdm(total=len(loader.dataset), desc=f"predicting (tta={tta})", unit="img", disable=not progress) as bar:
+    desc = f"{'embedding' if features else 'predicting'} (tta={tta})"
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
             views = batch["image"]
             x = views.to(device, non_blocking=True).flatten(0, 1)  # (B*V, 3, S, S), image-major
             if tta == 8:
                 x = dihedral_views(x).flatten(0, 1)
             with autocast(device, precision):
-                pred = net(x)
+                pred = forward(x)
             pred = pred.double().view(len(views), -1, pred.shape[-1]).mean(dim=1).cpu().numpy()
             errors = list(batch.get("error", [""] * len(views)))
             pred[[bool(e) for e in errors]] = np.nan
@@ -133,48 +151,155 @@ def predict_images(
     return np.concatenate(rows) if rows else np.empty((0, schema.NUM_ANSWERS))
 
 
+# ----------------------------------------------------------------------------- tables
+
+
+def id_column(ids: Sequence[GalaxyId]) -> str:
+    """The id column's name: Kaggle's GalaxyID when every id is an integer, else id_str (as galaxy-datasets names it)."""
+    return schema.ID_COLUMN if all(isinstance(i, int) for i in ids) else "id_str"
+
+
+def predict_table(
+    net: GalaxyNet,
+    paths: Sequence[Path],
+    ids: Sequence[GalaxyId],
+    id_name: str | None = None,
+    tta: int = 1,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    on_bad_image: str = "error",
+    precision: str = "auto",
+    progress: bool = False,
+    fits: FitsStretch | None = None,
+    features: bool = False,
+) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """The table of image files: the id column (``id_name``, default :func:`id_column`), then one column per
+    answer (Class1.1 ...), or with ``features=True`` one per pooled body feature (feature_0 ...), one row per
+    readable image in the order given; and the unreadable ones left out with ``on_bad_image="skip"`` (path, reason).
+
+    The prediction tool and the Python API (gzoo.load(...).predict / .embed) both build their tables here.
+    """
+    if on_bad_image not in BAD_IMAGE_MODES:
+        raise GzooError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}.")
+    paths = list(paths)
+    loader = make_loader(image_dataset(net, paths, range(len(paths)), tta, fits=fits), batch_size, num_workers)
+    values, good, skipped = [], [], []
+    for batch in predict_loader(net, loader, tta, precision, progress, features=features):
+        for j, error in zip(batch["id"].tolist(), batch["error"]):
+            if error and on_bad_image == "error":
+                raise GzooError(f"image {paths[j]} cannot be read ({error}); replace or remove it, or pass on_bad_image=skip to leave it out.")
+            skipped += [(paths[j], error)] if error else []
+            good.append(not error)
+        values.append(batch["pred"])
+    width = net.body.num_features if features else schema.NUM_ANSWERS
+    values = np.concatenate(values) if values else np.empty((0, width))
+    good = np.asarray(good, dtype=bool)
+    columns = [f"feature_{k}" for k in range(width)] if features else list(schema.COLUMNS)
+    table = pd.DataFrame(values[good], columns=columns)
+    table.insert(0, id_name or id_column(ids), pd.Series([i for i, g in zip(ids, good) if g], dtype=object).infer_objects())
+    return table, skipped
+
+
 # ----------------------------------------------------------------------------- files
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The folder's <GalaxyID>.jpg files, sorted by GalaxyID."""
+def broken_link(path: Path) -> GzooError:
+    return GzooError(f"{path} is a broken symbolic link (its target {os.readlink(path)} does not exist); fix the link or remove it.")
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[GalaxyId]]:
+    """The folder's image files (gzoo.images.IMAGE_SUFFIXES, any letter case) and their ids, sorted by id.
+
+    An id is the file name without its extension (see gzoo.images.image_id); when they are not all
+    integers every id is the name as text. Two files of one id and broken symbolic links are errors
+    naming them; other files are left out, and said.
+    """
     if not folder.is_dir():
-        raise GzooError(f"image folder {folder} not found; images= must be a folder of <GalaxyID>.jpg files.")
-    paths = [p for p in folder.iterdir() if p.suffix.lower() == ".jpg" and p.is_file()]
-    if not paths:
-        raise GzooError(f"{folder} holds no .jpg files; images= must be a folder of <GalaxyID>.jpg files.")
-    misnamed = [p for p in paths if not p.stem.isdigit()]
-    if misnamed:
-        raise GzooError(f"{misnamed[0]} is not named <GalaxyID>.jpg; rename or remove it ({len(misnamed)} such files).")
-    return sorted(paths, key=lambda p: int(p.stem))
+        raise GzooError(f"image folder {folder} not found; images= must be a folder of image files named <id>.<ext> ({' '.join(IMAGE_SUFFIXES)}).")
+    found = index_images(folder)
+    if found.broken:
+        raise broken_link(found.broken[0])
+    if not found.by_id:
+        raise GzooError(
+            f"{folder} holds no image files; images= must be a folder of image files named <id>.<ext> ({' '.join(IMAGE_SUFFIXES)}, any letter case)."
+        )
+    if found.others:
+        shown = ", ".join(p.name for p in found.others[:5]) + (" ..." if len(found.others) > 5 else "")
+        say(f"left out {len(found.others)} entries of {folder} that are not image files ({' '.join(IMAGE_SUFFIXES)}): {shown}")
+    ids = sorted(found.by_id, key=id_sort_key)
+    paths = [found.by_id[i] for i in ids]
+    return paths, ids if all(isinstance(i, int) for i in ids) else [str(i) for i in ids]
+
+
+def image_files(
+    files: Sequence[str | Path], ids: Sequence[GalaxyId] | None = None, where: str = "", id_from: str = "its file name without the extension"
+) -> tuple[list[Path], list[GalaxyId]]:
+    """Given image files, checked (each there, an image gzoo reads, one file per id) and their ids (from their names unless
+    given; ``id_from`` says where they come from, ``where`` where the files were named, for the error messages)."""
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if path.is_symlink() and not path.exists():
+            raise broken_link(path)
+        if not path.is_file():
+            raise GzooError(f"image file {path}{where} not found; give existing files (relative paths are read from {Path.cwd()}).")
+        if image_suffix(path) is None:
+            raise GzooError(f"{path}{where} is not an image file gzoo reads ({' '.join(IMAGE_SUFFIXES)}, any letter case).")
+    if ids is not None:
+        ids = [i.item() if isinstance(i, np.generic) else i for i in ids]
+        if any(pd.isna(i) for i in ids):
+            raise GzooError(f"image file {paths[[pd.isna(i) for i in ids].index(True)]} has no id ({id_from} is empty); fill it in or drop the row.")
+    ids = list(ids_by_file(paths, ids, id_from))
+    return paths, ids if all(isinstance(i, int) for i in ids) else [str(i) for i in ids]
+
+
+def image_source(source, file_column: str = "file_loc", id_column: str = "id_str") -> tuple[list[Path], list[GalaxyId], str]:
+    """The image files, ids and id column name of what the Python API is given: a folder (as the tool reads it),
+    one file, a list of files, or a DataFrame with a ``file_column`` (ids from ``id_column`` when it has one)."""
+    if isinstance(source, pd.DataFrame):
+        if file_column not in source.columns:
+            raise GzooError(
+                f"the DataFrame has no column {file_column!r} (its columns: {', '.join(map(str, source.columns))}); pass file_column= to name the one holding the image files."
+            )
+        blank = source[file_column].isna().to_numpy()
+        if blank.any():
+            raise GzooError(f"row {source.index[np.flatnonzero(blank)[0]]} of the DataFrame has no file in column {file_column!r}; fill it in or drop the row.")
+        files = source[file_column].astype(str).tolist()
+        if id_column in source.columns:
+            paths, ids = image_files(files, source[id_column].tolist(), f" (column {file_column!r})", f"its {id_column!r} value")
+            return paths, ids, id_column
+        paths, ids = image_files(files, where=f" (column {file_column!r})")
+        return paths, ids, id_column(ids)
+    if isinstance(source, (str, os.PathLike)):
+        if Path(source).is_dir():
+            paths, ids = list_images(Path(source))
+            return paths, ids, id_column(ids)
+        source = [source]
+    if not isinstance(source, Sequence) or not source:
+        raise GzooError(
+            f"predict/embed take a folder, an image file, a list of image files or a DataFrame with a {file_column!r} column, got {type(source).__name__} {source!r:.60}."
+        )
+    paths, ids = image_files(source)
+    return paths, ids, id_column(ids)
 
 
 def predict(o: PredictOptions) -> Path:
-    """Write the Kaggle submission CSV for every <GalaxyID>.jpg in ``o.images``; returns ``o.out``."""
+    """Write the table (CSV or Parquet by out's extension) of every image in ``o.images``; returns ``o.out``."""
     out = o.out
     if out.is_dir():
-        raise GzooError(f"out={out} is a folder; give the CSV file to write, e.g. out={out / 'submission.csv'}.")
+        raise GzooError(f"out={out} is a folder; give the file to write, e.g. out={out / 'submission.csv'} (or .parquet).")
+    table_suffix(out)
     if out.exists() and not o.overwrite:
         raise GzooError(f"{out} already exists; pass overwrite=true to replace it, or choose another out=.")
-    paths = list_images(o.images)
+    paths, ids = list_images(o.images)
     net = load_net(o.ckpt, o.device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)
     device = next(net.parameters()).device
     say(f"{len(paths)} images in {o.images}: {net.timm_name} at {net.image_size} px on {device}, tta={o.tta}")
-    loader = make_loader(image_dataset(net, paths, [str(p) for p in paths], o.tta), o.batch_size, o.num_workers)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    skipped: list[tuple[Path, str]] = []
     start = time.perf_counter()
-    with atomic_open(out, newline="") as f:
-        f.write(",".join(schema.HEADER) + "\n")
-        for batch in predict_loader(net, loader, o.tta, o.precision, o.progress):
-            _check_readable(batch, o.on_bad_image)
-            for path, row, error in zip(batch["id"], batch["pred"], batch["error"]):
-                if error:
-                    skipped.append((path, error))
-                else:
-                    f.write(f"{int(Path(path).stem)}," + ",".join(f"{v:.6f}" for v in row) + "\n")
+    table, skipped = predict_table(net, paths, ids, None, o.tta, o.batch_size, o.num_workers, o.on_bad_image, o.precision, o.progress, fits=o.fits)
     seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(table, out, "out", float_format="%.6f")
 
     skipped_list = out.with_name(out.name + ".skipped.txt")
     skipped_list.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
@@ -183,7 +308,7 @@ def predict(o: PredictOptions) -> Path:
             f.writelines(f"{path}\t{error}\n" for path, error in skipped)
         shown = ", ".join(Path(p).name for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         say(f"skipped {len(skipped)} unreadable images ({shown}); the list is in {skipped_list}")
-    say(f"wrote {len(paths) - len(skipped)} rows to {out} in {seconds:.1f} s: {len(paths) / seconds:.1f} images/s (tta={o.tta})")
+    say(f"wrote {len(table)} rows to {out} in {seconds:.1f} s: {len(paths) / seconds:.1f} images/s (tta={o.tta})")
     return out
 
 
