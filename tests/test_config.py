@@ -33,7 +33,8 @@ def test_variant_composes_and_matches_timm_native_size(variant):
 PAPER = {
     "model.timm_name": "tf_efficientnet_b0.in1k", "model.image_size": 224, "model.pretrained": True, "model.weights": None,
     "model.dropout": 0.5, "model.hidden": 64, "model.head": "sigmoid", "model.tree_after_epochs": 0,
-    "model.lr": 1.5e-4, "model.lr_factor": 0.8, "model.lr_patience": 4,
+    "optim.optimizer": "adam", "optim.lr": 1.5e-4, "optim.schedule": "plateau", "optim.lr_factor": 0.8, "optim.lr_patience": 4,
+    "optim.weight_decay": 0.0, "optim.layer_decay": 1.0,
     "data.batch_size": 70, "data.val_fraction": 0.15, "data.test_fraction": 0.0, "data.crop_fraction": 0.5,
     "data.augment.rotate": 180, "data.augment.shift": 0.1, "data.augment.zoom": [0.8, 1.2], "data.augment.hflip": 0.5,
     "data.augment.vflip": 0.5, "data.augment.brightness": [0.9, 1.2], "data.augment.extra": [],
@@ -66,11 +67,12 @@ def test_train_help_lists_groups_and_every_key_with_its_default_and_comment():
     from gzoo.train import help_text
 
     groups, keys = help_text(["--help", "model=b3"]).split("# --- train.yaml")
-    assert "model: b0, b1, b2, b3*, b4, b5, b6, b7\n" in groups and "debug: tiny\n" in groups and "speed: cpu*, gpu\n" in groups
+    assert "model: b0, b1, b2, b3*, b4, b5, b6, b7, lite0, lite1, lite2\n" in groups and "debug: tiny\n" in groups and "speed: cpu*, gpu\n" in groups
     assert ": _" not in groups and ", _" not in groups  # no private file offered as a choice
     # every key of the chosen files with its default and comment, the chosen variant's included
     assert "batch_size: 70          # as in the paper" in keys and "image_size: 300" in keys
-    assert "lr: 1.5e-4           # Adam" in keys and "patience: 10" in keys
+    assert "lr: 1.5e-4             # the paper's fine-tuning rate" in keys and "patience: 10" in keys
+    assert "optim: best, paper*\n" in groups
 
 
 @pytest.mark.slow  # a real command: seconds of imports

@@ -96,7 +96,7 @@ def test_optuna_search_composes():
     sweeper = cfg.hydra.sweeper
     print(OmegaConf.to_yaml(sweeper))
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert set(sweeper.params) == {"model.lr", "model.dropout", "data.batch_size", "data.augment.shift", "data.augment.zoom", "data.augment.brightness"}
+    assert set(sweeper.params) == {"optim.lr", "model.dropout", "data.batch_size", "data.augment.shift", "data.augment.zoom", "data.augment.brightness"}
     cfg.hydra.job.num = 3  # as the sweeper sets it for the fourth trial
     HydraConfig.instance().set_config(cfg)
     assert cfg.run_dir.endswith("optuna/trial_3/b0/finetune")  # each trial its own run folder
@@ -118,7 +118,7 @@ def test_optuna_search_runs_and_minimises_val_rmse(tmp_path):
     (results,) = out.glob("hydra/multirun/*/optimization_results.yaml")
     best = yaml.safe_load(results.read_text())
     print(best)
-    assert 0 < best["best_value"] < 1 and set(best["best_params"]) >= {"model.lr", "model.dropout"}
+    assert 0 < best["best_value"] < 1 and set(best["best_params"]) >= {"optim.lr", "model.dropout"}
     assert sorted(p.name for p in (out / "optuna").iterdir()) == ["trial_0", "trial_1"]
 
 

@@ -1,0 +1,148 @@
+"""``phase.cache_features=true``: a frozen body's pooled features, computed once, and the tail trained on them.
+
+In the finetune phase the body is frozen and in eval mode, so its output for a given input never
+changes: recomputing it for every image in every epoch is wasted work. Here each training galaxy's
+features are computed once for ``views`` exact views of its central crop (right-angle rotations and
+flips: no interpolation, so they are the same pixels an augmented epoch could show), each validation
+galaxy's for the plain evaluation view (so val/rmse means what it means in an uncached run), and the
+tail then trains for many cheap epochs, drawing one view per galaxy per epoch from (seed, epoch, index)
+as the image pipeline draws its augmentation. What the cache leaves out: the continuous rotation,
+shift, zoom and brightness jitter of the image pipeline.
+
+The module is the same GalaxyZooModule with its body inside, so the checkpoint is an ordinary full
+one that fulltune, predict, evaluate and export use as they are. The cache is a file in the run
+folder whose name is a hash of everything it depends on (the images, the body's weights, the views,
+the size and crop), so a change of any of them builds a new one; features are stored as float16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from gzoo.data import EpochSampler, GalaxyZooDataModule, make_loader, seed_of
+from gzoo.errors import GzooError
+from gzoo.io import atomic_open
+from gzoo.log import say
+from gzoo.net import PRECISIONS, GalaxyNet, autocast
+
+#: The order in which views are taken from the 8 right-angle views of gzoo.predict.dihedral_views
+#: (k quarter turns of the image, then of its mirror image): the most different ones first.
+VIEW_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
+
+
+def exact_views(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, n, C, H, W): the first ``n`` of :data:`VIEW_ORDER` (n=1: the image itself)."""
+    out = []
+    for v in VIEW_ORDER[:n]:
+        image = x.flip(-1) if v >= 4 else x
+        out.append(torch.rot90(image, v % 4, dims=(-2, -1)))
+    return torch.stack(out, dim=1)
+
+
+def cache_key(net: GalaxyNet, dm: GalaxyZooDataModule, views: int) -> str:
+    """A hash of what the features depend on: the body's weights, the view, the views and every image file."""
+    h = hashlib.sha256()
+    h.update(json.dumps([net.timm_name, net.image_size, net.crop_fraction, net.mean, net.std, views]).encode())
+    for name, tensor in net.body.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for part in ("train", "val"):
+        for i in dm.ids(part):
+            stat = dm.paths[i].stat()
+            h.update(f"{part},{i},{dm.paths[i]},{stat.st_size},{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_features(net: GalaxyNet, loader: DataLoader, views: int, precision: str = "32-true", desc: str = "features") -> torch.Tensor:
+    """(N, views, F) float16 pooled features of the loader's galaxies (items with one view each, as
+    GalaxyZooDataset gives with ``views=(0.0,)``), in the loader's order, with a progress bar."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    rows = []
+    with tqdm(total=len(loader.dataset) * views, desc=desc, unit="view") as bar:
+        for batch in loader:
+            x = exact_views(batch["image"][:, 0].to(device, non_blocking=True), views).flatten(0, 1)
+            with autocast(device, precision):
+                f = net.features(x)
+            rows.append(f.float().view(-1, views, f.shape[-1]).half().cpu())
+            bar.update(len(x))
+    net.train(was_training)
+    return torch.cat(rows)
+
+
+class FeatureDataset(Dataset):
+    """Cached features with labels. Indexed by ``(i, epoch)`` (EpochSampler) it draws one of the
+    galaxy's views from (seed, epoch, i); indexed by ``i`` it gives view 0 (the plain view)."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray, ids: np.ndarray, seed: int = 0):
+        self.features, self.seed = features, seed
+        labels = np.asarray(labels, dtype=np.float32)
+        self.mask = torch.from_numpy((~np.isnan(labels)).astype(np.float32))
+        self.labels = torch.from_numpy(np.nan_to_num(labels, nan=0.0))
+        self.ids = [int(i) if isinstance(i, (int, np.integer)) else i for i in ids]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            i, epoch = key
+            view = seed_of(self.seed, epoch, i) % self.features.shape[1]
+        else:
+            i, view = key, 0
+        return {"id": self.ids[i], "features": self.features[i, view].float(), "target": self.labels[i], "mask": self.mask[i]}
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """The cached features of a data module's train and val parts, batched as the image data module batches them."""
+
+    def __init__(self, dm: GalaxyZooDataModule, train: torch.Tensor, val: torch.Tensor):
+        super().__init__()
+        self.dm = dm
+        self.train_set = FeatureDataset(train, dm.labels("train"), dm.ids("train"), dm.seed)
+        self.val_set = FeatureDataset(val, dm.labels("val"), dm.ids("val"), dm.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0  # a resumed run's first epoch
+        sampler = EpochSampler(len(self.train_set), self.dm.seed, epoch)
+        return make_loader(self.train_set, self.dm.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.dm.batch_size)
+
+
+def feature_datamodule(net: GalaxyNet, dm: GalaxyZooDataModule, views: int, folder: Path, precision: str = "32-true") -> FeatureDataModule:
+    """The features of ``dm``'s train (``views`` views) and val (plain view) galaxies through ``net``'s
+    body, from ``folder``'s cache when it holds them for exactly these inputs, else computed and cached."""
+    if not 1 <= views <= len(VIEW_ORDER):
+        raise GzooError(f"phase.cache_views must be between 1 and {len(VIEW_ORDER)} (the exact right-angle views), got {views}.")
+    precision = precision if precision in PRECISIONS else "32-true"
+    key = cache_key(net, dm, views)
+    path = folder / f"features-{key}.pt"
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        say(f"features of the frozen body from {path}")
+        return FeatureDataModule(dm, cached["train"], cached["val"])
+    n_train, n_val = len(dm.ids("train")), len(dm.ids("val"))
+    say(f"caching the frozen body's features: {n_train} training galaxies x {views} views + {n_val} validation galaxies, once")
+    loader = lambda part: dm.loader(part, views=(0.0,), num_workers=dm.num_workers)  # the evaluation view, one per galaxy
+    train = compute_features(net, loader("train"), views, precision, "features (train)")
+    val = compute_features(net, loader("val"), 1, precision, "features (val)") if n_val else torch.zeros(0, 1, net.body.num_features).half()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("features-*.pt"):  # made for other images, weights or views
+        old.unlink()
+    with atomic_open(path, "wb") as f:
+        torch.save({"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}, f)
+    size = path.stat().st_size / 2**20
+    say(f"cached {size:.1f} MB of features in {path}")
+    return FeatureDataModule(dm, train, val)
