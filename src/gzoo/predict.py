@@ -154,7 +154,7 @@ def predict_images(
 # ----------------------------------------------------------------------------- tables
 
 
-def id_column(ids: Sequence[GalaxyId]) -> str:
+def id_column_name(ids: Sequence[GalaxyId]) -> str:
     """The id column's name: Kaggle's GalaxyID when every id is an integer, else id_str (as galaxy-datasets names it)."""
     return schema.ID_COLUMN if all(isinstance(i, int) for i in ids) else "id_str"
 
@@ -196,7 +196,7 @@ def predict_table(
     good = np.asarray(good, dtype=bool)
     columns = [f"feature_{k}" for k in range(width)] if features else list(schema.COLUMNS)
     table = pd.DataFrame(values[good], columns=columns)
-    table.insert(0, id_name or id_column(ids), pd.Series([i for i, g in zip(ids, good) if g], dtype=object).infer_objects())
+    table.insert(0, id_name or id_column_name(ids), pd.Series([i for i, g in zip(ids, good) if g], dtype=object).infer_objects())
     return table, skipped
 
 
@@ -268,18 +268,18 @@ def image_source(source, file_column: str = "file_loc", id_column: str = "id_str
             paths, ids = image_files(files, source[id_column].tolist(), f" (column {file_column!r})", f"its {id_column!r} value")
             return paths, ids, id_column
         paths, ids = image_files(files, where=f" (column {file_column!r})")
-        return paths, ids, id_column(ids)
+        return paths, ids, id_column_name(ids)
     if isinstance(source, (str, os.PathLike)):
         if Path(source).is_dir():
             paths, ids = list_images(Path(source))
-            return paths, ids, id_column(ids)
+            return paths, ids, id_column_name(ids)
         source = [source]
     if not isinstance(source, Sequence) or not source:
         raise GzooError(
             f"predict/embed take a folder, an image file, a list of image files or a DataFrame with a {file_column!r} column, got {type(source).__name__} {source!r:.60}."
         )
     paths, ids = image_files(source)
-    return paths, ids, id_column(ids)
+    return paths, ids, id_column_name(ids)
 
 
 def predict(o: PredictOptions) -> Path:
