@@ -189,3 +189,17 @@ def test_validation_part_is_trainings_own_when_unreadable_images_are_skipped(tmp
     # validation part, one that even holds the unreadable files, so the check above can fail.
     assert set(bad) <= {int(i) for i in unfiltered_val}
     assert {int(i) for i in unfiltered_val} != set(report["ids"])
+
+
+def test_predictions_table_as_csv_or_parquet_by_its_extension(run, tmp_path):
+    ckpt, _ = run
+    pred, _, _ = reference(ckpt, "val")
+    ev.evaluate(options(ckpt, tta=[1], out=tmp_path / "eval", predictions=tmp_path / "val.parquet"))
+    table = pd.read_parquet(tmp_path / "val.parquet")
+    assert list(table.columns) == schema.HEADER and table[schema.ID_COLUMN].dtype == np.int64
+    np.testing.assert_allclose(table[schema.COLUMNS].to_numpy(), pred, atol=1e-6)
+    ev.evaluate(options(ckpt, tta=[1], out=tmp_path / "eval", overwrite=True, predictions=tmp_path / "val.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "val.csv"), table, atol=6e-7)
+    with pytest.raises(GzooError, match=r"predictions=.*val\.xlsx: the extension chooses the format and must be \.csv or \.parquet"):
+        ev.evaluate(options(ckpt, tta=[1], out=tmp_path / "eval2", predictions=tmp_path / "val.xlsx"))
+    assert not (tmp_path / "eval2").exists()  # refused before anything was scored or written

@@ -12,7 +12,8 @@ Unknown (empty) label cells are left out of every RMSE.
 
 Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder>-<split> for
 another folder): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
-tensorboard/ (`tensorboard --logdir <out>/tensorboard`).
+tensorboard/ (`tensorboard --logdir <out>/tensorboard`); with predictions=FILE.csv or FILE.parquet (the
+format by the extension) also each galaxy's predictions, GalaxyID then Class1.1 ... Class11.6.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -36,7 +38,7 @@ from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
 from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
-from gzoo.io import atomic_open
+from gzoo.io import atomic_open, table_suffix, write_table
 from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
@@ -60,6 +62,7 @@ class EvaluateOptions:
     split: str | None = option(None, "the part scored: val (default), test, train, or all (default for another folder)", choices=(None, *PARTS))
     tta: list[int] = option([1, 8], "the test-time augmentations compared (views per galaxy; see gzoo.predict)", low=1)
     out: Path | None = option(None, "the report folder (default <run_dir>/eval/<split>)")
+    predictions: Path | None = option(None, "also write each galaxy's predictions (the largest tta) to this .csv or .parquet file (format by extension)")
     overwrite: bool = option(False, "replace an earlier report in out")
     data: OtherData = field(default_factory=OtherData)
     config: Path | None = option(None, "the run's config.yaml (default: beside the checkpoint's checkpoints/ folder)")
@@ -168,6 +171,10 @@ def evaluate(o: EvaluateOptions) -> dict:
     data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress, **other) if other else run_data
     split = o.split or ("all" if other_folder else "val")
     out = o.out or o.ckpt.parent.parent / "eval" / (f"{Path(other['root']).name}-{split}" if other_folder else split)
+    if o.predictions is not None:
+        table_suffix(o.predictions, "predictions")
+        if o.predictions.exists() and not o.overwrite:
+            raise GzooError(f"{o.predictions} already exists; pass overwrite=true to replace it, or choose another predictions=.")
     if not o.overwrite and any((out / name).exists() for name in OUTPUTS):
         raise GzooError(f"{out} already holds an evaluation; pass overwrite=true to replace it, or out=<another folder>.")
 
@@ -211,6 +218,11 @@ def evaluate(o: EvaluateOptions) -> dict:
     best = max(o.tta)
     write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies")
     say(f"report in {out} (report.md, report.json, PNGs, tensorboard/)")
+    if o.predictions is not None:
+        table = pd.DataFrame(preds[best], columns=schema.COLUMNS)
+        table.insert(0, schema.ID_COLUMN, np.asarray(ids, dtype=np.int64))
+        o.predictions.parent.mkdir(parents=True, exist_ok=True)
+        say(f"predictions (tta={best}) of {len(ids)} galaxies in {write_table(table, o.predictions, 'predictions', float_format='%.6f')}")
     return report
 
 
