@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.metrics import MaskedRMSE, masked_mse
 from gzoo.net import GalaxyNet, resolve_device
@@ -86,6 +87,10 @@ class GalaxyZooModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.net.head = checkpoint.get("active_head", self.hparams.head)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """data.augment_on=device: a training batch's frames are warped here, on the device (device_augment.py)."""
+        return warp_on_device(batch, self.net.image_size, self.net.crop_fraction)
 
     def _step(self, batch: dict, metric: MaskedRMSE) -> torch.Tensor:
         pred = self.net(batch["image"], batch.get("brightness"))

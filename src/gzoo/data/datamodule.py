@@ -28,6 +28,7 @@ from gzoo import schema
 from gzoo.data.catalog import check_images, read_catalog
 from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
 from gzoo.data.split import split_ids
+from gzoo.device_augment import check_augment_on, device_train_transform
 from gzoo.errors import GzooError
 from gzoo.transforms import eval_transform, train_transform
 
@@ -59,6 +60,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         image_size: int = 224,
         crop_fraction: float = 0.5,
         augment: dict | None = None,
+        augment_on: str = "cpu",
         seed: int = 0,
         progress: bool = True,
     ):
@@ -71,7 +73,9 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
         self.image_size, self.crop_fraction = image_size, crop_fraction
-        self.train_tf = train_transform(image_size, crop_fraction, **(augment or {}))
+        self.augment_on = check_augment_on(augment_on)
+        make_train_tf = device_train_transform if augment_on == "device" else train_transform  # device: the warp runs in GalaxyZooModule
+        self.train_tf = make_train_tf(image_size, crop_fraction, **(augment or {}))
         self.eval_tf = eval_transform(image_size, crop_fraction)
         self.skipped: list[tuple[Path, str]] = []  # unreadable images left out (on_bad_image="skip")
         self.catalog: pd.DataFrame | None = None  # the labels of every galaxy kept, NaN = unknown
