@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from gzoo import schema
 from gzoo.data.catalog import check_images, read_catalog
+from gzoo.data.crop_cache import CachedImages, cache_folder, open_cache
 from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
 from gzoo.data.split import split_ids
 from gzoo.device_augment import check_augment_on, device_train_transform
@@ -61,6 +62,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         crop_fraction: float = 0.5,
         augment: dict | None = None,
         augment_on: str = "cpu",
+        crop_cache: str | None = None,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -73,13 +75,14 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
         self.image_size, self.crop_fraction = image_size, crop_fraction
-        self.augment_on = check_augment_on(augment_on)
+        self.augment_on, self.crop_cache = check_augment_on(augment_on), crop_cache or None
         make_train_tf = device_train_transform if augment_on == "device" else train_transform  # device: the warp runs in GalaxyZooModule
         self.train_tf = make_train_tf(image_size, crop_fraction, **(augment or {}))
         self.eval_tf = eval_transform(image_size, crop_fraction)
         self.skipped: list[tuple[Path, str]] = []  # unreadable images left out (on_bad_image="skip")
         self.catalog: pd.DataFrame | None = None  # the labels of every galaxy kept, NaN = unknown
         self.paths: dict[int, Path] = {}
+        self.cache: CachedImages | None = None  # data.crop_cache: every image of "all", in its order
         self.splits: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -107,6 +110,9 @@ class GalaxyZooDataModule(L.LightningDataModule):
             raise GzooError(f"{len(ids)} galaxies are too few to split with data.val_fraction={self.val_fraction}; use more data or a larger data.limit.")
         self.splits["all"] = np.sort(ids)
         self.catalog = catalog.set_index(schema.ID_COLUMN)
+        if self.crop_cache is not None:
+            folder = cache_folder(self.crop_cache, self.root)
+            self.cache = open_cache([self.paths[i] for i in self.splits["all"]], folder, self.num_workers, self.progress)
 
     # ------------------------------------------------------------------------- what each part holds
 
@@ -129,7 +135,8 @@ class GalaxyZooDataModule(L.LightningDataModule):
         """The part's galaxies with their labels: the training augmentation for "train", else the evaluation view."""
         ids = self.ids(part)
         tf = self.train_tf if part == "train" and not views else self.eval_tf
-        return GalaxyZooDataset([self.paths[i] for i in ids], self.labels(part), ids, tf, self.seed, views, on_bad_image)
+        images = [self.paths[i] for i in ids] if self.cache is None else self.cache.subset(np.searchsorted(self.splits["all"], ids))
+        return GalaxyZooDataset(images, self.labels(part), ids, tf, self.seed, views, on_bad_image)
 
     # ------------------------------------------------------------------------- batches
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gzoo.data.crop_cache import CachedImages
 from gzoo.errors import GzooError
 from gzoo.images import FitsStretch, load_image
 from gzoo.transforms import reseed, rotate
@@ -49,7 +50,7 @@ class EpochSampler(Sampler):
 
 
 class GalaxyZooDataset(Dataset):
-    """Galaxy images (paths, or decoded RGB uint8 arrays) with their labels, through a transform.
+    """Galaxy images (paths, decoded RGB uint8 arrays, or a crop cache's rows) with their labels, through a transform.
 
     An item is a dict: "image" (uint8 (3, S, S), or (V, 3, S, S) with ``views``), "id", and with
     labels "target" and "mask" (unknown cells, NaN in ``labels``, are 0 in both); the training
@@ -74,6 +75,8 @@ class GalaxyZooDataset(Dataset):
         fits: FitsStretch | None = None,
     ):
         self.images, self.transform, self.seed, self.fits = list(images), transform, seed, fits
+        if isinstance(images, CachedImages):  # data.crop_cache: rows read from the memory-mapped file as they are asked for
+            self.images = images
         self.ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # plain ints (or names) for collate
         self.views, self.skip_bad = tuple(views), on_bad_image == "skip"
         if labels is not None:

@@ -1,0 +1,157 @@
+"""The decoded-crop cache (``data.crop_cache``): every image decoded once, then read with no JPEG decode.
+
+The cache holds what the transforms read of each image, as uint8 in one ``.npy`` file that the
+loaders memory-map. That is the whole frame, not only the central crop: GalaxyWarp's recipe
+augmentation (zoom down to 0.8, shift of 10 %, any rotation) samples from -45 to 463 px of a
+424 px frame, reflected at its edges, so anything less than the frame would change the training
+pixels. For the Kaggle set that is 61,578 x 424 x 424 x 3 bytes = 33.2 GB (30.9 GiB); after the first
+epoch it is served from the page cache.
+
+    <folder>/crop-cache-<key>.npy    uint8 (N, H, W, 3), rows in the order of the image list
+    <folder>/crop-cache-<key>.json   what it holds (for people; the key is in the name)
+
+``<key>`` is a hash of the format, the stored region and the image list (each file's name, size
+and modification time), so a changed list or a changed file gives another key and the cache is
+built again. The build decodes with gzoo.images.load_image in the loader's worker processes
+(with a progress bar), checks the disk's room first (refusing with one sentence), and writes
+through gzoo.io.atomic_open, so the file appears under its name only when complete. An older
+cache of the same folder is left in place (delete it by hand to reclaim the room).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from gzoo.errors import GzooError
+from gzoo.images import load_image
+from gzoo.io import atomic_open, atomic_write_text
+from gzoo.log import say
+
+#: Bump when what a row holds changes, so an older file no longer matches.
+FORMAT = "gzoo-crop-cache-1: whole RGB frames, uint8"
+AUTO_FOLDER = ".gzoo-cache"  # data.crop_cache=auto: beside the data, in data.root
+
+
+class CachedImages(Sequence):
+    """Rows of a cache file as a sequence of read-only uint8 (H, W, 3) arrays, memory-mapped on first use.
+
+    Picklable (a worker process opens the file itself); ``subset`` gives the rows of a part.
+    """
+
+    def __init__(self, path: str | Path, rows: Sequence[int] | None = None):
+        self.path = Path(path)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __len__(self) -> int:
+        return len(self.array) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.array[i if self.rows is None else self.rows[i]])
+
+    def subset(self, rows: Sequence[int]) -> CachedImages:
+        base = np.arange(len(self)) if self.rows is None else self.rows
+        return CachedImages(self.path, base[np.asarray(rows, dtype=np.int64)])
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "_array": None}
+
+
+def cache_folder(setting: str | Path, root: Path) -> Path:
+    """Where the cache goes: ``auto`` = data.root/.gzoo-cache, else the folder given."""
+    if setting is True or str(setting).strip() == "":
+        raise GzooError(f"data.crop_cache must be null, auto or a folder, got {setting!r}.")
+    return Path(root) / AUTO_FOLDER if str(setting) == "auto" else Path(setting)
+
+
+def cache_key(paths: Sequence[Path]) -> str:
+    """A hash of the format and the image list: each file's name, size and modification time, in order."""
+    h = hashlib.sha256(FORMAT.encode())
+    for p in paths:
+        try:
+            st = Path(p).stat()
+        except OSError as e:
+            raise GzooError(f"image {p} cannot be read for the crop cache ({e.strerror}).") from None
+        h.update(f"\n{Path(p).name}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+class _Decode(Dataset):
+    """(index, frame or None, reason) per image: a worker reports a bad image, the main process says so."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, load_image(self.paths[i]), ""
+        except Exception as e:  # decoders raise many kinds for bad files
+            return i, None, str(e) or type(e).__name__
+
+
+def open_cache(paths: Sequence[Path], folder: str | Path, workers: int = 0, progress: bool = True) -> CachedImages:
+    """The cache of ``paths`` in ``folder``: the existing file for this image list, or a new one built now."""
+    from gzoo.data.dataset import make_loader  # here: dataset.py imports this module
+
+    paths, folder = [Path(p) for p in paths], Path(folder)
+    if not paths:
+        raise GzooError("data.crop_cache: there are no images to cache.")
+    key = cache_key(paths)
+    path = folder / f"crop-cache-{key}.npy"
+    if path.is_file():
+        cache = CachedImages(path)
+        if len(cache) == len(paths):
+            if progress:
+                say(f"crop cache: {len(paths)} decoded images from {path}")
+            return cache
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GzooError(f"data.crop_cache: cannot create {folder} ({e.strerror}); point data.crop_cache at a writable folder.") from None
+
+    first = load_image(paths[0])
+    shape = (len(paths), *first.shape)
+    need = int(np.prod(shape)) + 4096  # the rows, and the .npy header with room to spare
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise GzooError(
+            f"data.crop_cache: the cache of {len(paths)} images needs {need / 1e9:.2f} GB in {folder}, which has "
+            f"{free / 1e9:.2f} GB free; free some room, point data.crop_cache at another folder, or set data.crop_cache=null."
+        )
+    atomic_write_text(
+        path.with_suffix(".json"),
+        json.dumps({"format": FORMAT, "shape": list(shape), "images": str(paths[0].parent), "first": paths[0].name, "last": paths[-1].name}, indent=2) + "\n",
+    )
+    loader = make_loader(_Decode(paths), batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=False)
+    with atomic_open(path, "wb") as f, tqdm(total=len(paths), desc="crop cache", unit="img", disable=not progress) as bar:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        for i, frame, reason in loader:
+            if frame is None:
+                raise GzooError(f"image {paths[i]} cannot be read ({reason}); the crop cache was not written.")
+            if tuple(frame.shape) != shape[1:]:
+                raise GzooError(
+                    f"data.crop_cache stores frames of one size, but {paths[i]} is {frame.shape[1]}x{frame.shape[0]} px and "
+                    f"{paths[0].name} {shape[2]}x{shape[1]}; resize the images or set data.crop_cache=null."
+                )
+            f.write(frame.numpy().tobytes())
+            bar.update()
+    if progress:
+        say(f"crop cache: wrote {len(paths)} decoded images ({need / 1e9:.2f} GB) to {path}")
+    return CachedImages(path)
