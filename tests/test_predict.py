@@ -181,7 +181,7 @@ def test_any_image_file_in_any_case_and_other_files_said(ckpt, images, tmp_path,
     (folder / "notes.txt").write_text("not an image")
     out = predict.predict(options(ckpt, folder, tmp_path / "sub.csv"))
     assert pd.read_csv(out)[schema.ID_COLUMN].tolist() == [1, 2, 3, 4]
-    assert "left out 1 entries of" in capsys.readouterr().out
+    assert "left out what is not an image file (.jpg .jpeg .png .tif .tiff .fits .fits.gz) in" in capsys.readouterr().out
 
 
 def test_string_ids_from_file_names_and_parquet_output(ckpt, images, tmp_path):

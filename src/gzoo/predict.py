@@ -225,7 +225,7 @@ def list_images(folder: Path) -> tuple[list[Path], list[GalaxyId]]:
         )
     if found.others:
         shown = ", ".join(p.name for p in found.others[:5]) + (" ..." if len(found.others) > 5 else "")
-        say(f"left out {len(found.others)} entries of {folder} that are not image files ({' '.join(IMAGE_SUFFIXES)}): {shown}")
+        say(f"left out what is not an image file ({' '.join(IMAGE_SUFFIXES)}) in {folder}: {shown} ({len(found.others)} in all)")
     ids = sorted(found.by_id, key=id_sort_key)
     paths = [found.by_id[i] for i in ids]
     return paths, ids if all(isinstance(i, int) for i in ids) else [str(i) for i in ids]
