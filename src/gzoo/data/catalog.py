@@ -6,6 +6,7 @@ file, row, column or option.
 
 from __future__ import annotations
 
+import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +29,16 @@ def read_catalog(csv_path: str | Path, missing_labels: str = "error") -> pd.Data
     if missing_labels not in MISSING_LABEL_MODES:
         raise GzooError(f"data.missing_labels must be one of {MISSING_LABEL_MODES}, got {missing_labels!r}.")
     if not csv_path.is_file():
-        raise GzooError(f"labels file {csv_path} not found; set data.root (or $GZOO_DATA) to the folder holding it.")
+        raise GzooError(
+            f"labels file {csv_path} not found; set data.labels_csv to the labels file's name in {csv_path.parent}, "
+            "or data.root (or $GZOO_DATA) to the folder holding it."
+        )
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise GzooError(
+            f"labels file {csv_path} is empty ({csv_path.stat().st_size} bytes, no header); point data.labels_csv at the labels file, or restore this one."
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise GzooError(f"labels file {csv_path} is not a readable CSV ({e}).") from None
 
@@ -43,6 +51,13 @@ def read_catalog(csv_path: str | Path, missing_labels: str = "error") -> pd.Data
         raise GzooError(f"labels file {csv_path} has the wrong header: {wrong} (expected GalaxyID then Class1.1 ... Class11.6 in Kaggle order).")
     if len(df) == 0:
         raise GzooError(f"labels file {csv_path} has no rows.")
+    short = _short_row(csv_path, len(header))
+    if short is not None:
+        row, fields = short
+        raise GzooError(
+            f"labels file {csv_path}, row {row} has {fields} fields, expected {len(header)} (the row is cut short); "
+            "complete it or remove it (an unknown value is an empty field between commas)."
+        )
 
     # GalaxyID: unique integers.
     ids = pd.to_numeric(df[schema.ID_COLUMN], errors="coerce")
@@ -78,6 +93,22 @@ def read_catalog(csv_path: str | Path, missing_labels: str = "error") -> pd.Data
     out = pd.DataFrame(values, columns=schema.COLUMNS)
     out.insert(0, schema.ID_COLUMN, ids.to_numpy())
     return out
+
+
+def _short_row(csv_path: Path, n_fields: int) -> tuple[int, int] | None:
+    """(row number, its field count) of the first row with fewer fields than the header, or None.
+
+    pandas fills a short row's missing fields as empty cells, which data.missing_labels=mask would then
+    read as unknown labels; a cut-short row is a damaged file, not unknown votes. Rows are counted as in
+    the other messages: the header is row 1 (blank lines, which pandas skips, are not counted).
+    """
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = (r for r in csv.reader(f) if r)
+        next(rows, None)
+        for row, fields in enumerate(rows, start=2):
+            if len(fields) < n_fields:
+                return row, len(fields)
+    return None
 
 
 def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_bad_image: str = "error") -> tuple[dict[int, Path], list[tuple[Path, str]]]:
