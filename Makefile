@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu lint format train bench tensorboard clean
+.PHONY: help install test test-slow test-gpu lint format train bench gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ train: install ## the main job: both phases on synthetic galaxies (CPU, minutes)
 
 bench: install ## where time goes: decode, transforms, loader, model (images from GZOO_DATA; ARGS="model=b3 steps=3")
 	$(PY) -m gzoo.tools.bench images=$${GZOO_DATA:-data/gz2}/images_training_rev1 out=outputs/bench.json $(ARGS)
+
+gpu-check: install ## the GPU path in one table (B0/B4, bf16, channels_last, compile, each input path) + a short real run; without a GPU a CPU dry run
+	$(PY) -m gzoo.tools.gpu_check out=outputs/gpu_check $(ARGS)
 
 tensorboard: install ## open TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

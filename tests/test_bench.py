@@ -16,6 +16,8 @@ RESULT_KEYS = {
     "train_transform_gauss_noise_img_s", "train_transform_gauss_noise_cost_x_decode",
     "reference_transform_img_s", "reference_transform_cost_x_decode",
     "eval_transform_img_s", "eval_transform_cost_x_decode",
+    "device_augment_img_s", "device_augment_cost_x_decode", "crop_cache_img_s", "crop_cache_cost_x_decode",
+    "crop_cache_cpu_warp_img_s", "crop_cache_cpu_warp_cost_x_decode", "device_warp_img_s",
     "loader_img_s", "model_forward_img_s", "model_train_img_s",
     "predict_e2e_img_s", "predict_e2e_fraction",
     "train_e2e_img_s", "train_e2e_fraction", "train_e2e_steps_s",

@@ -43,6 +43,11 @@ All figures come from one run on one machine, so the ratios are what count:
     + GaussNoise      the train transform with albumentations.GaussNoise(p=1.0) appended (as
                       data.augment.extra appends it): what one more albumentations transform costs
     eval transform    an evaluation item (decode, central crop, resize, uint8), one core
+    device aug        a training item of data.augment_on=device (decode, GalaxyWarp's draws, the
+                      whole frame on; the warp runs on the device), one core
+    crop cache        the same read from data.crop_cache (a memory-mapped row, no decode), one core;
+                      + CPU warp: a cached frame through the train transform
+    device warp       gzoo.device_augment.warp_batch (one grid_sample per batch) on the bench's device
     loader            the training loader with ``workers`` processes, copied to the device
     model forward     the model alone, inference, on a uint8 batch already on the device
     model train       the model alone, forward + backward + Adam step
@@ -62,6 +67,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -79,7 +85,9 @@ from torch.utils.data import DataLoader
 
 from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
+from gzoo.data.crop_cache import CachedImages, open_cache
 from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
+from gzoo.device_augment import device_train_transform, warp_batch, warp_on_device
 from gzoo.errors import GzooError
 from gzoo.images import load_image
 from gzoo.log import say
@@ -167,7 +175,14 @@ def decode_cv2(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- the data path
 
 
-def dataset(paths: list[Path], transform) -> GalaxyZooDataset:
+def cached(paths: list[Path], folder: Path, workers: int = 0) -> CachedImages:
+    """``paths`` (repeats allowed) from a crop cache of their distinct files built in ``folder``."""
+    distinct = sorted(set(paths))
+    row = {p: i for i, p in enumerate(distinct)}
+    return open_cache(distinct, folder, workers, progress=False).subset([row[p] for p in paths])
+
+
+def dataset(paths: list[Path] | CachedImages, transform) -> GalaxyZooDataset:
     """The images with random labels, read as every gzoo loader reads them."""
     labels = np.random.default_rng(0).random((len(paths), schema.NUM_ANSWERS))
     return GalaxyZooDataset(paths, labels, np.arange(len(paths)), transform, seed=SEED)
@@ -183,7 +198,7 @@ def eval_loader(paths: list[Path], transform, batch_size: int, workers: int) -> 
     return make_loader(dataset(paths, transform), batch_size, workers)
 
 
-def one_core(paths: list[Path], size: int, mean, std) -> dict[str, float]:
+def one_core(paths: list[Path], size: int, mean, std, cache: CachedImages) -> dict[str, float]:
     """Decode and per-item rates on one core, and each item's cost as a multiple of a decode."""
     threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -193,6 +208,9 @@ def one_core(paths: list[Path], size: int, mean, std) -> dict[str, float]:
             "train_transform": dataset(paths, train_transform(size)),
             "train_transform_gauss_noise": dataset(paths, train_transform(size, extra=[albumentations.GaussNoise(p=1.0)])),
             "reference_transform": dataset(paths, reference_train_transform(size, mean, std)),
+            "device_augment": dataset(paths, device_train_transform(size)),  # decode and draw: the warp is the device's
+            "crop_cache": dataset(cache, device_train_transform(size)),  # read and draw: no decode, no warp here
+            "crop_cache_cpu_warp": dataset(cache, train_transform(size)),
         }
         evaluation = {"eval_transform": dataset(paths, eval_transform(size))}
         fns: dict[str, Callable[[int], object]] = {
@@ -226,6 +244,22 @@ def loader_img_s(loader: DataLoader, device: torch.device) -> float:
     return count / max(time.perf_counter() - start, 1e-9)
 
 
+def device_warp_img_s(paths: list[Path], size: int, device: torch.device, batch_size: int, steps: int) -> float:
+    """Frames per second through warp_batch (data.augment_on=device's warp) on ``device``, a batch at a time."""
+    ds = dataset(paths[:batch_size], device_train_transform(size))
+    items = [ds[(i, 0)] for i in range(len(ds))]
+    frames = torch.stack([it["image"] for it in items]).to(device)
+    theta = torch.stack([it["warp"] for it in items]).to(device)
+    warp_batch(frames, theta, size)  # warm-up
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        warp_batch(frames, theta, size)
+    sync(device)
+    return steps * len(items) / max(time.perf_counter() - start, 1e-9)
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -243,11 +277,11 @@ class Runner:
 
     def to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         """The batch's tensors on the device, as Lightning moves them."""
-        return {k: batch[k].to(self.device, non_blocking=True) for k in ("image", "target", "mask", "brightness") if k in batch}
+        return {k: batch[k].to(self.device, non_blocking=True) for k in ("image", "target", "mask", "brightness", "warp") if k in batch}
 
     def train_step(self, batch: dict) -> None:
         self.net.train()
-        b = self.to_device(batch)
+        b = warp_on_device(self.to_device(batch), self.net.image_size, self.net.crop_fraction)  # as GalaxyZooModule does (augment_on=device)
         with autocast(self.device, self.precision):
             loss = masked_mse(self.net(b["image"], b.get("brightness")), b["target"], b["mask"])
         self.optimizer.zero_grad(set_to_none=True)
@@ -314,6 +348,10 @@ ROWS = [  # (label, value key, ratio key, unit and meaning of the ratio)
     ("  albumentations reference", "reference_transform_img_s", "reference_transform_cost_x_decode", COST),
     ("train transform + GaussNoise extra", "train_transform_gauss_noise_img_s", "train_transform_gauss_noise_cost_x_decode", COST),
     ("eval transform (decode + crop/resize)", "eval_transform_img_s", "eval_transform_cost_x_decode", COST),
+    ("device aug (decode + draw; warp on device)", "device_augment_img_s", "device_augment_cost_x_decode", COST),
+    ("crop cache (read + draw; warp on device)", "crop_cache_img_s", "crop_cache_cost_x_decode", COST),
+    ("crop cache + CPU warp", "crop_cache_cpu_warp_img_s", "crop_cache_cpu_warp_cost_x_decode", COST),
+    ("device warp (grid_sample, batched)", "device_warp_img_s", None, "img/s on the model's device"),
     ("loader, train transform", "loader_img_s", None, "img/s with {workers} workers"),
     ("model alone, forward", "model_forward_img_s", None, "img/s"),
     ("model alone, train step", "model_train_img_s", None, "img/s"),
@@ -347,7 +385,9 @@ def bench(o: BenchOptions) -> dict:
     load = os.getloadavg()[0]  # other work on the machine disturbs the wall-clock figures: say how much there was
     say(f"bench of {timm_name} at {size} px, batch {o.batch_size}, {o.workers} workers, {precision}, on {describe_device(device)}; load {load:.1f}")
 
-    results = one_core(paths, size, mean, std)
+    with tempfile.TemporaryDirectory(prefix="gzoo-bench-cache-") as folder:  # the crop cache of the bench's images
+        results = one_core(paths, size, mean, std, cached(paths, Path(folder), o.workers))
+    results["device_warp_img_s"] = device_warp_img_s(paths, size, device, o.batch_size, o.steps)
     train_tf, eval_tf = train_transform(size), eval_transform(size)
     results["loader_img_s"] = loader_img_s(train_loader(paths, train_tf, o.batch_size, o.workers), device)
 
