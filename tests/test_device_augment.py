@@ -104,9 +104,9 @@ def test_user_mistakes_end_in_one_sentence(tmp_path):
     with pytest.raises(GzooError, match="data.augment.extra runs albumentations transforms on the CPU"):
         device_train_transform(32, extra=[{"_target_": "albumentations.GaussNoise"}])
     tf = GalaxyWarpParams(32)
-    tf.apply(np.zeros((40, 40, 3), np.uint8))
+    tf(image=np.zeros((40, 40, 3), np.uint8))
     with pytest.raises(GzooError, match="must all have one size, but images of 40x40 and 50x40 px"):
-        tf.apply(np.zeros((40, 50, 3), np.uint8))
+        tf(image=np.zeros((40, 50, 3), np.uint8))
 
 
 @pytest.mark.slow  # three tiny runs: about 10 s on 2 busy cores

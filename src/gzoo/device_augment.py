@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -59,45 +58,49 @@ def warp_theta(matrix: np.ndarray, frame: tuple[int, int], out: tuple[int, int])
     return (to_norm @ np.linalg.inv(matrix) @ to_out)[:2].astype(np.float32)
 
 
-class GalaxyWarpParams(GalaxyWarp):
+class GalaxyWarpParams:
     """GalaxyWarp's random draws without its warp: the frame goes on whole, with the warp's theta.
 
-    Same arguments, same ``get_params`` (so the same draws from the same seed), and the same
-    matrix as GalaxyWarp would use; the item's "image" is the frame as a uint8 (H, W, 3) tensor
-    (no copy of a decoded image; the DataLoader's collate copies it into the batch), "warp" the
-    theta of :func:`warp_theta` and "brightness" the factor. Every frame must have the same size,
-    as they are batched whole.
+    The training pipeline of ``augment_on=device``, called as a pipeline is (``tf(image=frame)``,
+    reseeded by :func:`gzoo.transforms.reseed`). It holds a :class:`GalaxyWarp` with the same
+    arguments and draws as the CPU pipeline draws (Compose's one draw for its p, then GalaxyWarp's
+    ``get_params``: the same parameters from the same seed, which the tests check) and its matrix. Not an albumentations Compose:
+    the Compose's per-call checks cost more than everything else a cached item needs. The item's
+    "image" is the frame as a uint8 (H, W, 3) tensor (no copy; the DataLoader's collate copies it
+    into the batch), "warp" the theta of :func:`warp_theta` and "brightness" the factor. Every frame
+    must have the same size, as they are batched whole.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, size: int, crop_fraction: float = 0.5, **augment: Any):
+        self.warp = GalaxyWarp(size, crop_fraction, **augment)
         self._frame: tuple[int, ...] | None = None  # the first frame's shape seen by this process
 
-    def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
+    def set_random_state(self, random_generator: np.random.Generator, py_random) -> None:
+        self.warp.set_random_state(random_generator, py_random)
+
+    def __call__(self, image: np.ndarray) -> dict[str, Any]:
         if self._frame is None:
-            self._frame = img.shape
-        elif img.shape != self._frame:
+            self._frame = image.shape
+        elif image.shape != self._frame:
             raise GzooError(
                 f"data.augment_on=device batches whole frames, which must all have one size, but images of "
-                f"{self._frame[1]}x{self._frame[0]} and {img.shape[1]}x{img.shape[0]} px were found; use data.augment_on=cpu."
+                f"{self._frame[1]}x{self._frame[0]} and {image.shape[1]}x{image.shape[0]} px were found; use data.augment_on=cpu."
             )
-        return torch.from_numpy(img if img.flags.writeable else img.copy())  # a read-only (cached) frame is copied
-
-    def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        out = super().apply_with_params(params, *args, **kwargs)  # "image" via apply, "brightness" from GalaxyWarp
-        shape = tuple(out["image"].shape[:2])
-        m = self.matrix(shape, (self.size, self.size), params["angle"], params["shift"], params["zoom"], params["hflip"], params["vflip"])
-        return {**out, "warp": torch.from_numpy(warp_theta(m, shape, (self.size, self.size)))}
+        self.warp.py_random.random()  # the one draw albumentations' Compose makes first (p), so the same parameters follow
+        p, size, shape = self.warp.get_params(), self.warp.size, image.shape[:2]
+        m = self.warp.matrix(shape, (size, size), p["angle"], p["shift"], p["zoom"], p["hflip"], p["vflip"])
+        frame = torch.from_numpy(image if image.flags.writeable else image.copy())  # a read-only frame is copied
+        return {"image": frame, "warp": torch.from_numpy(warp_theta(m, shape, (size, size))), "brightness": float(p["brightness"])}
 
 
-def device_train_transform(image_size: int, crop_fraction: float = 0.5, extra: Sequence[Any] = (), **augment: Any) -> A.Compose:
+def device_train_transform(image_size: int, crop_fraction: float = 0.5, extra: Sequence[Any] = (), **augment: Any) -> GalaxyWarpParams:
     """The training pipeline of ``augment_on=device``: decode only, draw the warp (see GalaxyWarpParams)."""
     if extra:
         raise GzooError(
             "data.augment.extra runs albumentations transforms on the CPU after the warp, which data.augment_on=device "
             "moves to the device; use data.augment_on=cpu with extra transforms, or data.augment.extra=[]."
         )
-    return A.Compose([GalaxyWarpParams(image_size, crop_fraction, **augment)], strict=False)
+    return GalaxyWarpParams(image_size, crop_fraction, **augment)
 
 
 def warp_batch(frames: torch.Tensor, theta: torch.Tensor, size: int, crop_fraction: float = 0.5) -> torch.Tensor:

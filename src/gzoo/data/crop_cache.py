@@ -41,7 +41,7 @@ AUTO_FOLDER = ".gzoo-cache"  # data.crop_cache=auto: beside the data, in data.ro
 
 
 class CachedImages(Sequence):
-    """Rows of a cache file as a sequence of read-only uint8 (H, W, 3) arrays, memory-mapped on first use.
+    """Rows of a cache file as a sequence of uint8 (H, W, 3) arrays, memory-mapped on first use.
 
     Picklable (a worker process opens the file itself); ``subset`` gives the rows of a part.
     """
@@ -54,7 +54,7 @@ class CachedImages(Sequence):
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
+            self._array = np.load(self.path, mmap_mode="c")  # copy-on-write: writable views (no copy for torch), the file never changes
         return self._array
 
     def __len__(self) -> int:
