@@ -43,13 +43,15 @@ FINETUNE_EPOCHS ?= 50
 FULLTUNE_EPOCHS ?= 50
 else
 TRAIN := experiment=demo name=$(RUN)
-FINETUNE_EPOCHS ?= 1
-FULLTUNE_EPOCHS ?= 10
+FINETUNE_EPOCHS ?= 30
+FULLTUNE_EPOCHS ?= 6
+FINETUNE := phase.cache_features=true optim.lr=1e-3
+FULLTUNE := optim=best
 endif
 
-train: install ## the main job: both phases on synthetic galaxies (CPU, minutes); DATA=/kaggle/folder runs the recipe
-	$(PY) -m gzoo.train $(TRAIN) phase=finetune trainer.max_epochs=$(FINETUNE_EPOCHS) $(ARGS)
-	$(PY) -m gzoo.train $(TRAIN) phase=fulltune trainer.max_epochs=$(FULLTUNE_EPOCHS) $(ARGS)
+train: install ## the main job: both phases from ImageNet Lite0 on synthetic galaxies (CPU, minutes); DATA=/kaggle/folder runs the recipe
+	$(PY) -m gzoo.train $(TRAIN) phase=finetune trainer.max_epochs=$(FINETUNE_EPOCHS) $(FINETUNE) $(ARGS)
+	$(PY) -m gzoo.train $(TRAIN) phase=fulltune trainer.max_epochs=$(FULLTUNE_EPOCHS) $(FULLTUNE) $(ARGS)
 
 bench: install ## where time goes: decode, transforms, loader, model (images from GZOO_DATA; ARGS="model=b3 steps=3")
 	$(PY) -m gzoo.tools.bench images=$${GZOO_DATA:-data/gz2}/images_training_rev1 out=outputs/bench.json $(ARGS)

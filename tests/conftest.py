@@ -17,6 +17,8 @@ from gzoo import schema
 from gzoo.train import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tiny models on a small shared machine: one thread each is faster than threads that wait on each other.
+torch.set_num_threads(1)
 SAMPLE = ROOT.parent / "shared" / "data" / "gz2-sample"
 
 

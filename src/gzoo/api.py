@@ -19,7 +19,6 @@ from typing import Any
 
 import pandas as pd
 
-from gzoo import schema
 from gzoo.images import FitsStretch
 from gzoo.log import say
 from gzoo.module import load_net
@@ -39,8 +38,8 @@ class Model:
 
     @property
     def labels(self) -> list[str]:
-        """The columns of :meth:`predict` after the id: the 37 Kaggle answers, Class1.1 ... Class11.6."""
-        return list(schema.COLUMNS)
+        """The columns of :meth:`predict` after the id: the 37 Kaggle answers (Class1.1 ... Class11.6), or the run's data.labels."""
+        return list(self.net.labels)
 
     def __repr__(self) -> str:
         return f"gzoo.Model({self.net.timm_name} at {self.net.image_size} px on {self.device}, from {self.checkpoint})"

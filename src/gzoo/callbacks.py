@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import numpy as np
 import torch
@@ -30,6 +32,23 @@ class StepSeed(L.Callback):
         torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
 
+class EpochHistory(L.Callback):
+    """Each training epoch's wall seconds (training and its validation) and val/rmse, for metrics.json."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        val = trainer.callback_metrics.get("val/rmse")
+        self.epochs.append(
+            {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self._start, 3), "val/rmse": float(val) if val is not None else None}
+        )
+
+
 class ValidationGallery(L.Callback):
     """Each validation epoch, log to TensorBoard a grid of the first ``n`` validation galaxies,
     captioned with the true and the predicted top answer of Q1 (smooth / features / star).
@@ -47,7 +66,7 @@ class ValidationGallery(L.Callback):
             return
         dataset = trainer.val_dataloaders.dataset
         items = [dataset[i] for i in range(min(self.n, len(dataset)))]
-        if not items:
+        if not items or "image" not in items[0]:  # none, or cached features (phase.cache_features) rather than images
             return
         images = torch.stack([item["image"] for item in items])
         preds = pl_module.net(images.to(pl_module.device)).float().cpu().numpy()
@@ -65,11 +84,13 @@ def gallery_figure(items: list[dict], preds: np.ndarray) -> Figure:
         ax.set_axis_off()
     for ax, item, pred in zip(fig.axes, items, preds):
         ax.imshow(item["image"].permute(1, 2, 0).numpy())
-        true = _top_answer(item["target"].numpy()) if item["mask"][Q1_SLICE].all() else "?"
+        true = _top_answer(item["target"].numpy()) if item["mask"][Q1_SLICE if len(pred) == schema.NUM_ANSWERS else slice(0, 1)].all() else "?"
         ax.set_title(f"{item['id']}\ntrue: {true}\npred: {_top_answer(pred)}", fontsize=8)
     return fig
 
 
 def _top_answer(values: np.ndarray) -> str:
+    if len(values) != schema.NUM_ANSWERS:  # the run's own labels: the first one's value
+        return f"{values[0]:.2f}"
     i = int(np.argmax(values[Q1_SLICE]))
     return f"{Q1.answers[i]} {values[i]:.2f}"

@@ -10,4 +10,11 @@ class NonFiniteLossError(GzooError):
 
 
 class RunInterrupted(GzooError):
-    """A signal (e.g. SLURM's SIGTERM before pre-emption) stopped the run; its last checkpoint is intact."""
+    """A signal (e.g. SLURM's SIGTERM before pre-emption, or Ctrl-C) stopped the run; its last checkpoint is intact.
+
+    ``status`` is the exit status of the command: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, status: int = 143):
+        super().__init__(message)
+        self.status = status

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -43,7 +44,8 @@ from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
 from gzoo.net import PRECISIONS
-from gzoo.predict import predict_loader, tta_angles
+from gzoo.predict import id_column_name, predict_loader, tta_angles
+from gzoo.runsafety import split_mismatch
 
 OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
 
@@ -80,6 +82,28 @@ def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def check_split(ckpt: Path, cfg: DictConfig, config: Path) -> None:
+    """The run config describes the split the checkpoint was trained on (its record, see gzoo.runsafety.RecordSplit),
+    so that split=val scores galaxies the model never trained on; a checkpoint without a record is not checked."""
+    if not ckpt.is_file():
+        return  # load_net says so in its own sentence
+    try:
+        record = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("gzoo_split")
+    except Exception:
+        return  # not a checkpoint: load_net says so
+    if record is None:
+        return
+    try:
+        differs = split_mismatch(record, cfg.data)
+    except OSError:
+        return  # the labels file cannot be read: the data module says so
+    if differs:
+        raise GzooError(
+            f"{config} does not belong to checkpoint {ckpt}: the checkpoint was trained with {differs}, so its split differs "
+            "and split=val could score galaxies it trained on; pass config=<the config.yaml of the run that wrote it>."
+        )
+
+
 # ----------------------------------------------------------------------------- pictures
 
 
@@ -89,31 +113,36 @@ def plot_rmse_per_answer(results: dict, baseline: dict) -> Figure:
     ax = fig.subplots()
     series = {f"model, tta={n}": r["per_answer"] for n, r in results.items()} | {"training mean": baseline["per_answer"]}
     width = 0.8 / len(series)
-    x = np.arange(schema.NUM_ANSWERS)
+    columns = list(baseline["per_answer"])  # the 37 answers, or the run's own labels
+    gz2 = schema.is_gz2(columns)
+    x = np.arange(len(columns))
     for j, (name, per_answer) in enumerate(series.items()):
-        ax.bar(x + (j - (len(series) - 1) / 2) * width, [per_answer[c] for c in schema.COLUMNS], width, label=name)
-    ax.set_xticks(x, [c[5:] for c in schema.COLUMNS], rotation=90, fontsize=8)
-    ax.set_xlabel("answer (Class...)")
+        ax.bar(x + (j - (len(series) - 1) / 2) * width, [per_answer[c] for c in columns], width, label=name)
+    ax.set_xticks(x, [c[5:] if gz2 else c for c in columns], rotation=90, fontsize=8)
+    ax.set_xlabel("answer (Class...)" if gz2 else "label")
     ax.set_ylabel("RMSE over known cells")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=len(series), frameon=False)
     return fig
 
 
-def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, title: str) -> Figure:
-    """Predicted against true fraction for the answers of the seed report's galleries."""
-    cols = 4
-    rows = -(-len(SEED_ANSWERS) // cols)
+def plot_pred_vs_true(pred: np.ndarray, true: np.ndarray, title: str, columns: list[str] | None = None) -> Figure:
+    """Predicted against true fraction for the answers of the seed report's galleries (own labels: the first 8)."""
+    columns = list(schema.COLUMNS) if columns is None else list(columns)
+    shown = SEED_ANSWERS if schema.is_gz2(columns) else columns[:8]
+    index = {c: i for i, c in enumerate(columns)}
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
     fig = Figure(figsize=(3 * cols, 3 * rows), layout="constrained")
     fig.suptitle(title)
-    for ax in fig.subplots(rows, cols, squeeze=False).ravel()[len(SEED_ANSWERS) :]:
+    for ax in fig.subplots(rows, cols, squeeze=False).ravel()[len(shown) :]:
         ax.set_axis_off()
-    for ax, column in zip(fig.axes, SEED_ANSWERS):
-        i = schema.COLUMN_INDEX[column]
+    for ax, column in zip(fig.axes, shown):
+        i = index[column]
         known = ~np.isnan(true[:, i])
         ax.scatter(true[known, i], pred[known, i], s=6, alpha=0.5)
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true", ylabel="predicted")
-        title = f"{textwrap.fill(answer_label(column), 40)}\nRMSE {rmse(pred[:, i], true[:, i]):.3f}"
+        title = f"{textwrap.fill(answer_label(column) if column in schema.COLUMN_INDEX else column, 40)}\nRMSE {rmse(pred[:, i], true[:, i]):.3f}"
         ax.set_title(title if known.any() else f"{column}: no labels", fontsize=8)
     return fig
 
@@ -148,6 +177,7 @@ def write_markdown(path: Path, report: dict) -> None:
             + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
             + f" | {_number(base['per_question'][f'Q{q.number}'], 4)} |"
             for q in schema.QUESTIONS
+            if f"Q{q.number}" in base["per_question"]  # the Kaggle answers only; own labels have none
         ),
         "",
         "![RMSE per answer](rmse_per_answer.png)",
@@ -165,6 +195,7 @@ def write_markdown(path: Path, report: dict) -> None:
 def evaluate(o: EvaluateOptions) -> dict:
     """Score ``o.ckpt`` on a labelled part; write the report files and return the report."""
     cfg = read_run_config(o.ckpt, o.config)
+    check_split(o.ckpt, cfg, o.config or o.ckpt.parent.parent / "config.yaml")
     run_data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress)
     other = {k: str(v) for k, v in vars(o.data).items() if v is not None}
     other_folder = "root" in other and Path(other["root"]).resolve() != Path(cfg.data.root).resolve()
@@ -199,8 +230,8 @@ def evaluate(o: EvaluateOptions) -> dict:
             "known_cells": int((~np.isnan(true)).sum()),
         },
         "baseline_galaxies": len(run_data.ids("train")),
-        "baseline": rmse_table(mean_prediction(run_data.train_mean(), len(ids)), true),
-        "ids": [int(i) for i in ids],
+        "baseline": rmse_table(mean_prediction(run_data.train_mean(), len(ids)), true, data.columns),
+        "ids": [i.item() if isinstance(i, np.generic) else i for i in ids],
         "model": {},
     }
     preds = {}
@@ -209,8 +240,8 @@ def evaluate(o: EvaluateOptions) -> dict:
         loader = data.loader(split, views=tuple(tta_angles(n)), batch_size=o.batch_size, num_workers=o.num_workers)
         preds[n] = np.concatenate([b["pred"] for b in predict_loader(net, loader, n, o.precision, o.progress)])
         seconds = time.perf_counter() - start
-        report["model"][str(n)] = rmse_table(preds[n], true) | {
-            "tree_inconsistency": schema.tree_inconsistency(preds[n]),
+        report["model"][str(n)] = rmse_table(preds[n], true, data.columns) | {
+            "tree_inconsistency": schema.tree_inconsistency(preds[n]) if schema.is_gz2(data.columns) else {"max_abs": float("nan"), "mean_abs": float("nan")},
             "images_per_second": len(ids) / seconds,
         }
         say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
@@ -219,8 +250,8 @@ def evaluate(o: EvaluateOptions) -> dict:
     write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies")
     say(f"report in {out} (report.md, report.json, PNGs, tensorboard/)")
     if o.predictions is not None:
-        table = pd.DataFrame(preds[best], columns=schema.COLUMNS)
-        table.insert(0, schema.ID_COLUMN, np.asarray(ids, dtype=np.int64))
+        table = pd.DataFrame(preds[best], columns=data.columns)
+        table.insert(0, id_column_name(list(report["ids"])), pd.Series(report["ids"], dtype=object).infer_objects())
         o.predictions.parent.mkdir(parents=True, exist_ok=True)
         say(f"predictions (tta={best}) of {len(ids)} galaxies in {write_table(table, o.predictions, 'predictions', float_format='%.6f')}")
     return report
@@ -233,7 +264,7 @@ def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, ti
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "rmse_per_answer": plot_rmse_per_answer(report["model"], report["baseline"]),
-        "pred_vs_true": plot_pred_vs_true(pred, true, title),
+        "pred_vs_true": plot_pred_vs_true(pred, true, title, list(report["baseline"]["per_answer"])),
     }
     with SummaryWriter(str(out / "tensorboard")) as tb:
         tb.add_scalar("eval/rmse/baseline", report["baseline"]["rmse"])

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
 from gzoo.io import atomic_write_text
@@ -73,8 +72,8 @@ def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None
         "mean": list(network.mean),
         "std": list(network.std),
         "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
-        "output": "float32 (N, 37): vote fractions in the order of columns",
-        "columns": schema.COLUMNS,
+        "output": f"float32 (N, {len(network.labels)}): vote fractions in the order of columns",
+        "columns": list(network.labels),
         "head": network.head,
         "timm_name": network.timm_name,
         "checkpoint": str(ckpt),

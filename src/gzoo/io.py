@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,3 +92,124 @@ def write_table(df: pd.DataFrame, path: str | Path, key: str = "out", float_form
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+#: The lock file of a folder a run writes to (see :func:`lock_folder`).
+LOCK_NAME = ".gzoo.lock"
+_held: set[Path] = set()  # the locks this process holds
+
+
+@contextmanager
+def lock_folder(folder: str | Path, advice: str = "wait for it to end") -> Iterator[Path]:
+    """Hold ``folder``'s lock file (pid, host, start time, command) while the block runs; yields its path.
+
+    A second holder is refused with a GzooError naming the first and ending in ``advice``. A lock whose
+    process no longer runs (killed outright, or its pid since taken by a younger process) is taken over.
+    The folders this call had to make are removed again on release if they are left empty, so a run
+    that stops before writing anything leaves nothing behind. An OSError (a read-only or full disk) is
+    raised as it is, for the caller to phrase.
+    """
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / LOCK_NAME).absolute()
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+    record["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"]))
+    _take(lock, json.dumps(record), advice)
+    _held.add(lock)
+    try:
+        yield lock
+    finally:
+        _held.discard(lock)
+        lock.unlink(missing_ok=True)
+        for p in made:  # deepest first; stops at the first one something else was written into
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _take(lock: Path, record: str, advice: str) -> None:
+    """Create ``lock`` holding ``record`` (complete or not at all: a hard link of a finished file), taking over a stale one."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    tmp.write_text(record)
+    try:
+        for _ in range(5):
+            try:
+                _create(tmp, lock, record)
+                return
+            except FileExistsError:
+                pass
+            try:
+                text = lock.read_text()
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            holder = _parse_lock(text)
+            if holder is not None and _holder_runs(lock, holder):
+                raise GzooError(
+                    f"{lock.parent} is in use by another run (pid {holder['pid']} on {holder['host']}, started {holder.get('started_at', '?')}: "
+                    f"{holder.get('command') or 'command unknown'}); {advice}, or delete {lock} if that run is no longer running."
+                )
+            aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+            try:
+                os.rename(lock, aside)  # take the stale lock away, then check it was the one read (not a newer run's)
+            except FileNotFoundError:
+                continue
+            if aside.read_text() != text:
+                try:
+                    os.link(aside, lock)  # another run took it over meanwhile: put its lock back
+                except FileExistsError:
+                    pass
+            aside.unlink(missing_ok=True)
+            if holder is not None:
+                from gzoo.log import say
+
+                say(f"took over the lock of {lock.parent} from pid {holder['pid']} on {holder['host']}, which no longer runs")
+        raise GzooError(f"could not take the lock {lock}: other runs keep taking it; {advice}.")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create(tmp: Path, lock: Path, record: str) -> None:
+    """``lock`` with ``record`` in it, or FileExistsError: a hard link of the written ``tmp`` (never seen half-written),
+    or on a filesystem without hard links an exclusively created file."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(record)
+
+
+def _parse_lock(text: str) -> dict | None:
+    try:
+        holder = json.loads(text)
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and "host" in holder else None
+    except ValueError:
+        return None
+
+
+def _holder_runs(lock: Path, holder: dict) -> bool:
+    """Whether the process that wrote a lock still runs (on another host: assumed so, it cannot be checked)."""
+    pid = holder["pid"]
+    if holder["host"] != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return lock in _held
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    try:  # Linux: a zombie has ended; a process started after the lock was taken reuses the pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return True
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return fields[0] != "Z" and started <= float(holder.get("started", 0)) + 2.0

@@ -49,13 +49,15 @@ def rmse(pred: np.ndarray, true: np.ndarray) -> float:
     return float(metric.compute())
 
 
-def rmse_table(pred: np.ndarray, true: np.ndarray) -> dict:
-    """:func:`rmse` overall, per question and per answer of the 37 Kaggle columns."""
+def rmse_table(pred: np.ndarray, true: np.ndarray, columns: list[str] | None = None) -> dict:
+    """:func:`rmse` overall, per question (the 37 Kaggle columns only) and per label column (default: the 37 answers)."""
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    columns = list(schema.COLUMNS) if columns is None else list(columns)
+    questions = schema.question_slices() if schema.is_gz2(columns) else []
     return {
         "rmse": rmse(pred, true),
-        "per_question": {f"Q{q.number}": rmse(pred[:, sl], true[:, sl]) for q, sl in schema.question_slices()},
-        "per_answer": {c: rmse(pred[:, i], true[:, i]) for i, c in enumerate(schema.COLUMNS)},
+        "per_question": {f"Q{q.number}": rmse(pred[:, sl], true[:, sl]) for q, sl in questions},
+        "per_answer": {c: rmse(pred[:, i], true[:, i]) for i, c in enumerate(columns)},
     }
 
 

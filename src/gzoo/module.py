@@ -16,13 +16,16 @@ from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.metrics import MaskedRMSE, masked_mse
 from gzoo.net import GalaxyNet, resolve_device
+from gzoo.optim import check as check_optim
+from gzoo.optim import configure as configure_optim
 
 
 class GalaxyZooModule(L.LightningModule):
     """Predicts the 37 Galaxy Zoo 2 vote fractions from an image.
 
     The keyword arguments are the keys of the run config's ``model`` node (``name`` is the
-    variant, e.g. b0), plus ``freeze_body`` (the phase) and ``crop_fraction`` (the data's).
+    variant, e.g. b0), plus ``optim`` (the ``optim`` node, see optim.py; the recipe's when None),
+    ``freeze_body`` (the phase) and ``crop_fraction`` (the data's).
     ``__init__`` takes plain values only and saves them, so a checkpoint rebuilds the same
     network (:meth:`from_checkpoint`, which never downloads).
     """
@@ -37,9 +40,8 @@ class GalaxyZooModule(L.LightningModule):
         hidden: int = 64,
         head: str = "sigmoid",
         tree_after_epochs: int = 0,
-        lr: float = 1.5e-4,
-        lr_factor: float = 0.8,
-        lr_patience: int = 4,
+        labels: list[str] | None = None,
+        optim: dict | None = None,
         freeze_body: bool = False,
         crop_fraction: float = 0.5,
         mean: tuple[float, ...] | None = None,
@@ -49,8 +51,10 @@ class GalaxyZooModule(L.LightningModule):
         super().__init__()
         if tree_after_epochs < 0:
             raise GzooError(f"model.tree_after_epochs must be >= 0, got {tree_after_epochs}.")
-        self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
-        self.net = GalaxyNet(timm_name, pretrained, weights, image_size, crop_fraction, mean, std, dropout, hidden, head)
+        optim = check_optim(dict(optim or {}))
+        self.save_hyperparameters(logger=False)
+        self.hparams.optim = optim  # the run logs the whole resolved config instead
+        self.net = GalaxyNet(timm_name, pretrained, weights, image_size, crop_fraction, mean, std, dropout, hidden, head, labels)
         self.hparams.mean, self.hparams.std = self.net.mean, self.net.std  # resolved: the checkpoint needs no timm lookup
         if freeze_body:
             self.net.body.requires_grad_(False).eval()
@@ -93,7 +97,10 @@ class GalaxyZooModule(L.LightningModule):
         return warp_on_device(batch, self.net.image_size, self.net.crop_fraction)
 
     def _step(self, batch: dict, metric: MaskedRMSE) -> torch.Tensor:
-        pred = self.net(batch["image"], batch.get("brightness"))
+        if "features" in batch:  # phase.cache_features: the frozen body's output, computed once (features.py)
+            pred = self.net.from_features(batch["features"])
+        else:
+            pred = self.net(batch["image"], batch.get("brightness"))
         loss = masked_mse(pred, batch["target"], batch["mask"])
         metric.update(pred.detach(), batch["target"], batch["mask"])
         return loss
@@ -102,13 +109,13 @@ class GalaxyZooModule(L.LightningModule):
         loss = self._step(batch, self.train_rmse)
         if not torch.isfinite(loss):  # stop before a NaN reaches the weights or a checkpoint
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})")
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["target"]))
         self.log("train/rmse", self.train_rmse, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss = self._step(batch, self.val_rmse)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["image"]))
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["target"]))
         self.log("val/rmse", self.val_rmse, on_step=False, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -118,11 +125,14 @@ class GalaxyZooModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.net(batch["image"])
 
+    def start_at(self, mean) -> None:
+        """Start the output layer at the training mean (see GalaxyNet.start_at), for the head of epoch 0."""
+        self.net.start_at(mean, "sigmoid" if self.hparams.tree_after_epochs > 0 else self.hparams.head)
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/rmse", "interval": "epoch"}}
+        trainer = self._trainer  # None outside a Trainer (the cosine schedule then refuses: it needs the run's length)
+        steps, epochs = (trainer.estimated_stepping_batches, trainer.max_epochs or 1) if trainer is not None else (0, 1)
+        return configure_optim(self.net.body, self.net.tail, self.hparams.optim, steps, epochs)
 
 
 def load_net(ckpt: str | Path, device: str = "cpu") -> GalaxyNet:

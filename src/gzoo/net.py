@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -34,8 +36,21 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 # ----------------------------------------------------------------------------- the body
 
 
-def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std the body was trained with (timm's pretrained config is the truth)."""
+def hub_id(timm_name: str) -> str | None:
+    """The Hugging Face repository of an ``hf_hub:owner/name`` (or ``hf-hub:``) model name, else None."""
+    for prefix in ("hf_hub:", "hf-hub:"):
+        if timm_name.startswith(prefix):
+            return timm_name[len(prefix) :]
+    return None
+
+
+def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std the body was trained with (timm's pretrained config is the truth); None for an
+    ``hf_hub:`` model, whose config comes with its weights from the hub."""
+    if hub_id(timm_name):
+        if "/" not in hub_id(timm_name):
+            raise GzooError(f"model.timm_name={timm_name!r}: an hf_hub: name is hf_hub:<owner>/<repository>.")
+        return None
     if not timm.is_model(timm_name.split(".")[0]):
         raise GzooError(f"model.timm_name={timm_name!r} is not a timm model; see timm.list_models('*efficientnet*').")
     try:
@@ -50,6 +65,8 @@ def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 def create_body(timm_name: str, pretrained: bool, weights: str | None = None) -> nn.Module:
     """The timm model without its classifier, pretrained as asked, never silently random."""
     backbone_norm(timm_name)  # the name check, with its one sentence
+    if hub_id(timm_name) and not _weights_in_cache(timm_name) and not hub_reachable():  # its config and weights live on the hub
+        raise GzooError(_no_weights_message(timm_name, "the Hugging Face hub cannot be reached and they are not in the local cache"))
     if pretrained and not weights and timm_name.split(".")[0] in PACKAGED:
         weights = str(packaged_weights(timm_name))  # ImageNet weights from an installed package: no hub needed
     if weights:
@@ -91,10 +108,10 @@ def _weights_in_cache(timm_name: str) -> bool:
     """Whether the Hugging Face cache already holds this model's weights."""
     from huggingface_hub import try_to_load_from_cache
 
-    hub_id = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
-    if not hub_id:
+    repo = hub_id(timm_name) or timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    if not repo:
         return False
-    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -132,18 +149,21 @@ class GalaxyNet(nn.Module):
         dropout: float = 0.5,
         hidden: int = 64,
         head: str = "sigmoid",
-        outputs: int = schema.NUM_ANSWERS,
+        labels: Sequence[str] | None = None,
     ):
         super().__init__()
         if head not in HEADS:
             raise GzooError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}.")
-        if mean is None or std is None:
-            mean, std = backbone_norm(timm_name)
+        self.labels = list(labels) if labels is not None else list(schema.COLUMNS)  # the output columns, in order
+        if head == "tree" and not schema.is_gz2(self.labels):
+            raise GzooError("model.head=tree follows the Galaxy Zoo 2 decision tree, so it needs data.labels=gz2; use model.head=sigmoid for your own labels.")
+        norm = backbone_norm(timm_name) if mean is None or std is None else (mean, std)
         self.timm_name, self.image_size, self.crop_fraction = timm_name, image_size, crop_fraction
-        self.mean, self.std = tuple(mean), tuple(std)
         self.head = head  # the output head in use (a tree run may start with sigmoid; see GalaxyZooModule)
         self.body = create_body(timm_name, pretrained, weights)
-        self.tail = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.body.num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, outputs))
+        mean, std = norm or (self.body.pretrained_cfg["mean"], self.body.pretrained_cfg["std"])  # hf_hub: from its config
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.tail = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.body.num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.labels)))
         # For uint8 batches; not saved in checkpoints: they follow from mean and std.
         self.register_buffer("pixel_mean", torch.tensor(self.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.std, dtype=torch.float32), persistent=False)
@@ -157,8 +177,29 @@ class GalaxyNet(nn.Module):
         return self.body(x)
 
     def forward(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S) images -> (B, 37) vote fractions."""
-        return HEADS[self.head](self.tail(self.features(x, brightness)).float())
+        """(B, 3, S, S) images -> (B, labels) vote fractions (the 37 answers, or data.labels' columns)."""
+        return self.from_features(self.features(x, brightness))
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) pooled body features -> (B, 37) vote fractions: the tail and the head."""
+        return HEADS[self.head](self.tail(features).float())
+
+    @torch.no_grad()
+    def start_at(self, mean: Sequence[float], head: str | None = None, eps: float = 1e-3) -> GalaxyNet:
+        """Set the last layer's bias so that the network starts near predicting ``mean`` (each column's
+        training mean), instead of 0.5 everywhere: logit(mean) for the sigmoid head; for the tree head,
+        log of each answer's share of its question (the softmax of which is that share)."""
+        mean = np.clip(np.asarray(mean, dtype=np.float64), eps, 1 - eps)
+        head = head or self.head
+        if head == "sigmoid":
+            bias = np.log(mean / (1 - mean))
+        else:
+            bias = np.zeros_like(mean)
+            for _, sl in schema.question_slices():
+                bias[sl] = np.log(mean[sl] / mean[sl].sum())
+        last = self.tail[-1]
+        last.bias.copy_(torch.as_tensor(bias, dtype=last.bias.dtype))
+        return self
 
     def set_speed(self, channels_last: bool = False, compile: bool = False) -> GalaxyNet:
         """NHWC weights (convolutions then pick NHWC; no input conversion needed) and/or a compiled body, in place.

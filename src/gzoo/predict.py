@@ -148,7 +148,7 @@ def predict_images(
     for batch in predict_loader(net, loader, tta, precision, progress):
         _check_readable(batch, on_bad_image)
         rows.append(batch["pred"])
-    return np.concatenate(rows) if rows else np.empty((0, schema.NUM_ANSWERS))
+    return np.concatenate(rows) if rows else np.empty((0, len(net.labels)))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -191,10 +191,10 @@ def predict_table(
             skipped += [(paths[j], error)] if error else []
             good.append(not error)
         values.append(batch["pred"])
-    width = net.body.num_features if features else schema.NUM_ANSWERS
+    width = net.body.num_features if features else len(net.labels)
     values = np.concatenate(values) if values else np.empty((0, width))
     good = np.asarray(good, dtype=bool)
-    columns = [f"feature_{k}" for k in range(width)] if features else list(schema.COLUMNS)
+    columns = [f"feature_{k}" for k in range(width)] if features else list(net.labels)
     table = pd.DataFrame(values[good], columns=columns)
     table.insert(0, id_name or id_column_name(ids), pd.Series([i for i, g in zip(ids, good) if g], dtype=object).infer_objects())
     return table, skipped

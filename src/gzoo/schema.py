@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gzoo.errors import GzooError
+
 
 @dataclass(frozen=True)
 class Question:
@@ -52,6 +54,22 @@ assert NUM_ANSWERS == 37
 
 #: column name -> 0-based index among the 37 answers
 COLUMN_INDEX: dict[str, int] = {c: i for i, c in enumerate(COLUMNS)}
+
+
+def label_columns(labels: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The label columns a run learns: ``gz2`` (or None) = the 37 Kaggle answers; a list = those columns, each in [0, 1]."""
+    if labels is None or labels == "gz2":
+        return list(COLUMNS)
+    if isinstance(labels, str) or not all(isinstance(c, str) and c for c in labels) or not labels:
+        raise GzooError(f"data.labels must be gz2 or a list of column names such as [is_bar,is_merger], got {labels!r}.")
+    if len(set(labels)) != len(labels):
+        raise GzooError(f"data.labels names a column twice: {list(labels)}.")
+    return list(labels)
+
+
+def is_gz2(columns: list[str] | tuple[str, ...]) -> bool:
+    """Whether the columns are the 37 Kaggle answers, to which the decision tree applies (tree head, tree checks)."""
+    return list(columns) == COLUMNS
 
 
 def question_slices() -> list[tuple[Question, slice]]:

@@ -4,13 +4,15 @@ The data module, the module and the Trainer are built here in plain code from th
 config (conf/, shipped inside the package), so a run can be followed with go-to-definition;
 only swappable parts (callbacks, loggers, extra augmentations) come from ``_target_`` entries.
 
-Order of work: validate the data -> check the output folder -> build the model ->
-fit -> score the best checkpoint -> write metrics.json. Nothing is written to the
-run folder before the data is known to be good.
+Order of work: check every option -> lock the run folder -> validate the data -> check the
+output folder -> build the model -> fit -> score the best checkpoint -> write metrics.json.
+Nothing but the lock is written to the run folder before the data is known to be good (see
+runsafety.py for the lock, the signals and the checkpoint writer).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import sys
@@ -18,19 +20,25 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gzoo.callbacks import StepSeed
+from gzoo import schema
+from gzoo.callbacks import EpochHistory, StepSeed
 from gzoo.data import GalaxyZooDataModule
 from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
+from gzoo.features import feature_datamodule
 from gzoo.io import atomic_open, atomic_write_text
-from gzoo.log import error, logger, say
-from gzoo.metrics import baseline_rmse
-from gzoo.module import GalaxyZooModule
+from gzoo.log import error, logger, say, warn
+from gzoo.metrics import baseline_rmse, rmse
+from gzoo.module import GalaxyZooModule, load_net
+from gzoo.net import PRECISIONS
+from gzoo.predict import predict_loader
+from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable, write_failure
 
 CONF = Path(__file__).parent / "conf"
 
@@ -44,9 +52,14 @@ def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
     """The run's module from its ``model`` node, the phase and the crop; ``pretrained=False`` when
     the weights will come from a checkpoint (nothing is downloaded then)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("start_at_mean", None)  # an instruction to train(), not part of the network
     if not pretrained:
         model.update(pretrained=False, weights=None)
-    module = GalaxyZooModule(**model, freeze_body=cfg.phase.freeze_body, crop_fraction=cfg.data.crop_fraction)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True) if "optim" in cfg else None
+    labels = schema.label_columns(cfg.data.get("labels", "gz2"))
+    module = GalaxyZooModule(
+        **model, labels=None if schema.is_gz2(labels) else labels, optim=optim, freeze_body=cfg.phase.freeze_body, crop_fraction=cfg.data.crop_fraction
+    )
     module.net.set_speed(**cfg.speed)
     return module
 
@@ -82,7 +95,17 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one phase as configured; returns the final metrics (also written to metrics.json)."""
+    """Run one phase as configured; returns the final metrics (also written to metrics.json).
+
+    Every option is checked before anything is read or written; the run folder is then locked until
+    the run ends, and SIGINT/SIGTERM stop it at a batch boundary with a RunInterrupted (runsafety.py).
+    """
+    check_run_options(cfg)
+    with RunGuard(Path(cfg.run_dir), lock=rank_zero_only.rank == 0) as guard:  # one process (rank zero) writes files
+        return _train(cfg, guard)
+
+
+def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     say(f"{cfg.phase.name} of {cfg.model.timm_name}: outputs go to {run_dir}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -107,10 +130,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_from = resume_checkpoint(cfg, run_dir)
 
     # Weights: from a checkpoint if resuming or continuing an earlier phase, else pretrained (or from scratch) as asked.
-    module = build_module(cfg, pretrained=cfg.model.pretrained and init_from is None and resume_from is None)
+    # model.weights=PATH is loaded whatever model.pretrained says: a file the user named is never dropped.
+    module = build_module(cfg, pretrained=init_from is None and resume_from is None)
     if init_from is not None and resume_from is None:
         load_init_weights(module, init_from)
         say(f"weights from {init_from}")
+    elif resume_from is None and cfg.model.get("start_at_mean", False):
+        module.start_at(dm.train_mean())  # the first epoch starts from predicting the training mean, not 0.5
+    if cfg.phase.freeze_body and init_from is None and not (cfg.model.pretrained or cfg.model.weights):
+        warn(
+            "the frozen body was never trained (model.pretrained=false, no model.weights): this finetune fits the tail to random "
+            "features; use a pretrained body (model=lite0 has ImageNet weights offline) or train everything (phase.freeze_body=false)."
+        )
+    cache = cfg.phase.get("cache_features", False)
+    if cache and not cfg.phase.freeze_body:
+        raise GzooError("phase.cache_features=true needs a frozen body (phase.freeze_body=true): the features of a body that trains change every step.")
 
     writer = rank_zero_only.rank == 0  # under DDP every process runs this function; one writes files
     if resume_from is None and writer:
@@ -123,7 +157,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with atomic_open(run_dir / "skipped_images.csv", newline="") as f:
             pd.DataFrame(dm.skipped, columns=["path", "reason"]).to_csv(f, index=False)
         say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [StepSeed(cfg.seed)]
+    history = EpochHistory()
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [StepSeed(cfg.seed), history]
+    callbacks += [StopOnSignal(guard), RecordSplit(cfg.data)]  # a signal stops at a batch boundary; checkpoints record their split
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -134,20 +170,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         enable_progress_bar=any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],  # a checkpoint is renamed into place only once complete
     )
     last = run_dir / "checkpoints" / "last.ckpt"
+    fit_data = dm
+    if cache:
+        if trainer.world_size > 1:
+            raise GzooError("phase.cache_features=true runs on one device; drop it for a multi-device run (each device would compute every feature).")
+        module.to(trainer.strategy.root_device)
+        fit_data = feature_datamodule(module.net, dm, cfg.phase.cache_views, run_dir / "features", str(cfg.trainer.precision))
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
-    except SIGTERMException:
-        raise RunInterrupted(
-            f"stopped by SIGTERM in epoch {trainer.current_epoch}; {last if last.is_file() else 'no checkpoint yet'} holds the last "
-            "complete epoch; continue with the same command plus resume=true."
-        ) from None
+        trainer.fit(module, datamodule=fit_data, ckpt_path=resume_from)
+    except SIGTERMException:  # Lightning's own SIGTERM stop (the one under DDP): the same sentence as StopOnSignal's
+        raise guard.interrupted(trainer.current_epoch) from None
     except NonFiniteLossError as e:
         raise GzooError(
             f"{e}; the run stopped and {last if last.is_file() else 'no checkpoint was written yet, so nothing'} "
-            "holds the last good weights; lower model.lr or check the inputs."
+            "holds the last good weights; lower optim.lr or check the inputs."
         ) from None
+    guard.fit_done()  # a signal in fit's last moments stops the run here; later ones stop it at once
 
     ckpt = trainer.checkpoint_callback
     metrics = {
@@ -160,14 +201,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["test/rmse"] = float(result["test/rmse"])
         metrics["test/rmse_baseline"] = baseline_rmse(dm.train_mean(), dm.labels("test"))
     metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
+    if cfg.get("tta8_at_end", False) and writer and metrics["best_checkpoint"] and len(dm.ids("val")):
+        metrics["val/rmse_tta8"] = tta8_rmse(Path(metrics["best_checkpoint"]), dm, trainer.strategy.root_device, str(cfg.trainer.precision))
+        for lg in trainer.loggers:
+            lg.log_metrics({"val/rmse_tta8": metrics["val/rmse_tta8"]}, step=trainer.global_step)
+    metrics["history"] = history.epochs
     if writer:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
-    say(f"best val/rmse {metrics['val/rmse']:.5f} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
+    tta = f", with 8 views {metrics['val/rmse_tta8']:.5f}" if "val/rmse_tta8" in metrics else ""
+    say(f"best val/rmse {metrics['val/rmse']:.5f}{tta} (predict-the-training-mean baseline {metrics['val/rmse_baseline']:.5f})")
+    if not metrics["val/rmse"] < metrics["val/rmse_baseline"]:
+        warn(
+            f"the best val/rmse {metrics['val/rmse']:.5f} is not below predicting the training mean ({metrics['val/rmse_baseline']:.5f}): "
+            "this model has not learned anything usable yet; train longer, change optim.lr, or check the labels and images."
+        )
     if "test/rmse" in metrics:
         say(f"test/rmse {metrics['test/rmse']:.5f} (baseline {metrics['test/rmse_baseline']:.5f})")
     say(f"outputs in {run_dir} (checkpoints/, tensorboard/, metrics.json); view with `tensorboard --logdir {run_dir.parent.parent}`")
     return metrics
+
+
+def tta8_rmse(ckpt: Path, dm: GalaxyZooDataModule, device: torch.device, precision: str) -> float:
+    """The validation RMSE of a checkpoint averaged over the 8 right-angle views of each galaxy (val/rmse_tta8)."""
+    net = load_net(ckpt, str(device))
+    loader = dm.loader("val", views=(0.0,))
+    pred = np.concatenate([b["pred"] for b in predict_loader(net, loader, tta=8, precision=precision if precision in PRECISIONS else "32-true")])
+    return rmse(pred, dm.labels("val"))
 
 
 def help_text(argv: list[str]) -> str:
@@ -209,7 +269,7 @@ def check_overrides(argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose("train", overrides=argv)
+            cfg = compose("train", overrides=argv)
     except (HydraException, OmegaConfBaseException) as e:
         text = str(e).split("Config search path:")[0]  # Hydra appends where it looked: not the user's concern
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
@@ -217,6 +277,13 @@ def check_overrides(argv: list[str]) -> None:
         if len(lines) > 2 and lines[1].endswith(":"):  # "Available options in 'model':" then one per line
             said += " " + ", ".join(lines[2:])
         error(said.rstrip(".") + "; python -m gzoo.train --help lists the groups and keys.")
+        sys.exit(2)
+    try:  # Hydra writes its records under paths.output_root before train() runs: a read-only folder is said here
+        check_writable(cfg.run_dir)
+        if not any(a.startswith("hydra.run.dir=") for a in argv):
+            check_writable(Path(cfg.paths.output_root) / "hydra")
+    except GzooError as e:
+        error(str(e))
         sys.exit(2)
 
 
@@ -226,9 +293,14 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)["val/rmse"]
     except RunInterrupted as e:
         logger.error(str(e))
-        sys.exit(143)  # the conventional status of a process ended by SIGTERM
+        sys.exit(e.status)  # 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM
     except GzooError as e:
         error(str(e))
+        sys.exit(2)
+    except OSError as e:  # a disk that filled up or turned read-only under a write other than a checkpoint's
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        error(f"{write_failure(e, cfg.run_dir)}; free space there or set paths.output_root to a folder you can write to.")
         sys.exit(2)
 
 
@@ -236,5 +308,9 @@ if __name__ == "__main__":
     if {"--help", "-h"} & set(sys.argv[1:]):
         print(help_text(sys.argv[1:]))
         sys.exit(0)
-    check_overrides(sys.argv[1:])
-    main()
+    try:
+        check_overrides(sys.argv[1:])
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before train() set its handlers (imports, composing the config)
+        logger.error("stopped by SIGINT before training started; nothing was written; run the same command again.")
+        sys.exit(130)

@@ -1,4 +1,4 @@
-"""Reading a labelled catalogue (the Kaggle labels CSV) and checking that its images are there and readable.
+"""Reading a labelled catalogue (the Kaggle labels CSV, or your own CSV/Parquet catalogue) and checking its images.
 
 Everything a user can get wrong ends in a :class:`GzooError` with one sentence that names the
 file, row, column or option.
@@ -71,28 +71,120 @@ def read_catalog(csv_path: str | Path, missing_labels: str = "error") -> pd.Data
         row = int(np.flatnonzero(dup.to_numpy())[0])
         raise GzooError(f"labels file {csv_path}, row {row + 2}: GalaxyID {ids.iloc[row]} appears more than once.")
 
-    # Values: empty = unknown; otherwise finite numbers in [0, 1].
-    raw = df[schema.COLUMNS]
-    empty = raw.apply(lambda c: c.str.strip() == "").to_numpy()
+    values = label_values(df, schema.COLUMNS, f"labels file {csv_path}", missing_labels)
+    out = pd.DataFrame(values, columns=schema.COLUMNS)
+    out.insert(0, schema.ID_COLUMN, ids.to_numpy())
+    return out
+
+
+def label_values(df: pd.DataFrame, columns: list[str], where: str, missing_labels: str, first_row: int = 2) -> np.ndarray:
+    """The label columns of a table of strings as floats, NaN for unknown (empty) cells; every other value
+    must be a finite number in [0, 1]. ``where`` names the file in the messages; rows count from ``first_row``."""
+    raw = df[columns].astype(str)
+    empty = raw.apply(lambda c: c.str.strip().isin(["", "nan", "None", "<NA>"])).to_numpy()
     values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
     not_number = np.isnan(values) & ~empty
     if not_number.any():
         r, c = np.argwhere(not_number)[0]
-        raise GzooError(f"labels file {csv_path}, row {r + 2}, column {schema.COLUMNS[c]}: {raw.iat[r, c]!r} is not a number.")
+        raise GzooError(f"{where}, row {r + first_row}, column {columns[c]}: {raw.iat[r, c]!r} is not a number.")
     bad_value = ~empty & (~np.isfinite(values) | (values < 0) | (values > 1))
     if bad_value.any():
         r, c = np.argwhere(bad_value)[0]
-        raise GzooError(f"labels file {csv_path}, row {r + 2}, column {schema.COLUMNS[c]}: value {raw.iat[r, c]} is outside [0, 1].")
+        raise GzooError(f"{where}, row {r + first_row}, column {columns[c]}: value {raw.iat[r, c]} is outside [0, 1].")
     if empty.any() and missing_labels == "error":
         r, c = np.argwhere(empty)[0]
         raise GzooError(
-            f"labels file {csv_path}, row {r + 2}, column {schema.COLUMNS[c]} is empty ({int(empty.sum())} empty cells in all); "
+            f"{where}, row {r + first_row}, column {columns[c]} is empty ({int(empty.sum())} empty cells in all); "
             "pass data.missing_labels=mask to leave unknown cells out of the loss and metrics."
         )
     values[empty] = np.nan
-    out = pd.DataFrame(values, columns=schema.COLUMNS)
-    out.insert(0, schema.ID_COLUMN, ids.to_numpy())
-    return out
+    return values
+
+
+def galaxy_id(value) -> int | str:
+    """A catalogue's id as gzoo uses it: an integer when it is all digits (as for file names, gzoo.images.image_id), else its text."""
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].isdigit():  # an integer column read as floats
+        text = text[:-2]
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def read_table(path: Path, what: str = "catalogue") -> pd.DataFrame:
+    """A CSV or Parquet file (by its extension) as a table of strings, with one-sentence errors."""
+    if not path.is_file():
+        raise GzooError(f"{what} {path} not found; point data.catalog at a .csv or .parquet file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path).astype(object).where(lambda d: d.notna(), "").astype(str)
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise GzooError(f"{what} {path} is empty ({path.stat().st_size} bytes, no header).") from None
+    except Exception as e:
+        raise GzooError(f"{what} {path} is not a readable {suffix[1:]} file ({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
+    raise GzooError(f"{what} {path} must be a .csv or .parquet file, got {suffix or 'no extension'}.")
+
+
+def read_own_catalog(
+    path: str | Path, labels: list[str], id_column: str = "id_str", file_column: str = "file_loc", missing_labels: str = "error"
+) -> tuple[pd.DataFrame, dict[int | str, Path]]:
+    """Your own galaxies: a CSV or Parquet catalogue with an id column, a file column and label columns.
+
+    Returns the labels (the ``id`` column, then ``labels``, NaN for unknown) and {id: image path}; a
+    relative file path is read from the catalogue's folder. Ids that are all digits become integers, so a
+    catalogue of Kaggle files splits exactly as the Kaggle layout does.
+    """
+    path = Path(path)
+    if missing_labels not in MISSING_LABEL_MODES:
+        raise GzooError(f"data.missing_labels must be one of {MISSING_LABEL_MODES}, got {missing_labels!r}.")
+    df = read_table(path)
+    where = f"catalogue {path}"
+    absent = [c for c in (id_column, file_column, *labels) if c not in df.columns]
+    if absent:
+        raise GzooError(
+            f"{where} has no column {absent[0]!r} (its columns: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''}); "
+            "set data.id_column, data.file_column or data.labels to its names."
+        )
+    if len(df) == 0:
+        raise GzooError(f"{where} has no rows.")
+    ids = [galaxy_id(v) for v in df[id_column]]
+    if any(i == "" for i in ids):
+        row = next(r for r, i in enumerate(ids) if i == "")
+        raise GzooError(f"{where}, row {row + 2}: the id column {id_column} is empty.")
+    seen: dict[int | str, int] = {}
+    for row, i in enumerate(ids):
+        if i in seen:
+            raise GzooError(f"{where}, rows {seen[i] + 2} and {row + 2} are both galaxy {i!r}; each galaxy must appear once.")
+        seen[i] = row
+    values = label_values(df, labels, where, missing_labels)
+    files = {}
+    for row, (i, name) in enumerate(zip(ids, df[file_column])):
+        if not str(name).strip():
+            raise GzooError(f"{where}, row {row + 2}: the file column {file_column} is empty.")
+        file = Path(name).expanduser()
+        files[i] = file if file.is_absolute() else path.parent / file
+    out = pd.DataFrame(values, columns=labels)
+    out.insert(0, "id", pd.Series(ids, dtype=object))
+    return out, files
+
+
+def check_files(files: dict, progress: bool = True, on_bad_image: str = "error") -> tuple[dict, list[tuple[Path, str]]]:
+    """Check a catalogue's image files: each must exist and decode (see :func:`check_images` for the rules)."""
+    if on_bad_image not in BAD_IMAGE_MODES:
+        raise GzooError(f"data.on_bad_image must be one of {BAD_IMAGE_MODES}, got {on_bad_image!r}.")
+    missing = [(i, p) for i, p in files.items() if not p.is_file()]
+    if missing:
+        i, p = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise GzooError(f"galaxy {i!r}: its image {p} does not exist{more}; fix data.file_column's paths (relative ones are read from the catalogue's folder).")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reasons = list(tqdm(pool.map(check_image, files.values()), total=len(files), desc="checking images", disable=not progress, leave=False))
+    bad = [(p, r) for p, r in zip(files.values(), reasons) if r is not None]
+    if bad and on_bad_image == "error":
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise GzooError(f"image {bad[0][0]} cannot be read ({bad[0][1]}){more}; replace or remove it, or pass data.on_bad_image=skip to leave such files out.")
+    return {i: p for (i, p), r in zip(files.items(), reasons) if r is None}, bad
 
 
 def _short_row(csv_path: Path, n_fields: int) -> tuple[int, int] | None:

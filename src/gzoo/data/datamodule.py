@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from gzoo import schema
-from gzoo.data.catalog import check_images, read_catalog
+from gzoo.data.catalog import check_files, check_images, read_catalog, read_own_catalog
 from gzoo.data.crop_cache import CachedImages, cache_folder, open_cache
 from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
-from gzoo.data.split import split_ids
+from gzoo.data.split import id_array, sort_ids, split_ids
 from gzoo.device_augment import check_augment_on, device_train_transform
 from gzoo.errors import GzooError
 from gzoo.transforms import eval_transform, train_transform
@@ -63,12 +63,19 @@ class GalaxyZooDataModule(L.LightningDataModule):
         augment: dict | None = None,
         augment_on: str = "cpu",
         crop_cache: str | None = None,
+        catalog: str | Path | None = None,
+        id_column: str = "id_str",
+        file_column: str = "file_loc",
+        labels: str | list[str] = "gz2",
         seed: int = 0,
         progress: bool = True,
     ):
         super().__init__()
-        self.root = Path(root)
-        self.labels_path = self.root / labels_csv
+        self.catalog_path = Path(catalog).expanduser() if catalog else None  # your own catalogue, instead of the Kaggle layout
+        self.id_column, self.file_column = id_column, file_column
+        self.columns = schema.label_columns(labels)  # the label columns learned: the 37 answers (gz2) or your own
+        self.root = self.catalog_path.parent if self.catalog_path else Path(root)
+        self.labels_path = self.catalog_path or self.root / labels_csv
         self.images_path = self.root / images_dir
         self.missing_labels, self.limit, self.progress = missing_labels, limit, progress
         self.on_bad_image, self.seed = on_bad_image, seed
@@ -98,17 +105,30 @@ class GalaxyZooDataModule(L.LightningDataModule):
             return
         if self.limit is not None and self.limit < 1:
             raise GzooError(f"data.limit must be a positive number of galaxies or null, got {self.limit}.")
-        catalog = read_catalog(self.labels_path, self.missing_labels)
-        if self.limit is not None:
-            catalog = catalog.iloc[: self.limit].reset_index(drop=True)
-        self.paths, self.skipped = check_images(catalog[schema.ID_COLUMN].to_numpy(), self.images_path, self.progress, self.on_bad_image)
+        if self.catalog_path is not None:
+            catalog, files = read_own_catalog(self.catalog_path, self.columns, self.id_column, self.file_column, self.missing_labels)
+            catalog = catalog.rename(columns={"id": schema.ID_COLUMN})
+            if self.limit is not None:
+                catalog = catalog.iloc[: self.limit].reset_index(drop=True)
+            files = {i: files[i] for i in catalog[schema.ID_COLUMN]}
+            self.paths, self.skipped = check_files(files, self.progress, self.on_bad_image)
+        else:
+            wrong = [c for c in self.columns if c not in schema.COLUMN_INDEX]
+            if wrong:
+                raise GzooError(
+                    f"data.labels names {wrong[0]!r}, which is not a Kaggle column; name your own label columns with data.catalog=PATH (data=catalog)."
+                )
+            catalog = read_catalog(self.labels_path, self.missing_labels)
+            if self.limit is not None:
+                catalog = catalog.iloc[: self.limit].reset_index(drop=True)
+            self.paths, self.skipped = check_images(catalog[schema.ID_COLUMN].to_numpy(), self.images_path, self.progress, self.on_bad_image)
         if self.skipped:
             catalog = catalog[catalog[schema.ID_COLUMN].isin(self.paths.keys())].reset_index(drop=True)
         ids = catalog[schema.ID_COLUMN].to_numpy()
         self.splits = split_ids(ids, self.val_fraction, self.test_fraction, self.split_seed)
         if len(self.splits["train"]) == 0 or (self.val_fraction > 0 and len(self.splits["val"]) == 0):
             raise GzooError(f"{len(ids)} galaxies are too few to split with data.val_fraction={self.val_fraction}; use more data or a larger data.limit.")
-        self.splits["all"] = np.sort(ids)
+        self.splits["all"] = sort_ids(id_array(ids))
         self.catalog = catalog.set_index(schema.ID_COLUMN)
         if self.crop_cache is not None:
             folder = cache_folder(self.crop_cache, self.root)
@@ -124,18 +144,23 @@ class GalaxyZooDataModule(L.LightningDataModule):
         return self.splits[part]
 
     def labels(self, part: str) -> np.ndarray:
-        """(N, 37) labels of a part in the order of :meth:`ids`, NaN for unknown cells."""
-        return self.catalog.loc[self.ids(part), schema.COLUMNS].to_numpy(dtype=np.float64)
+        """(N, labels) labels of a part in the order of :meth:`ids`, NaN for unknown cells."""
+        return self.catalog.loc[self.ids(part), self.columns].to_numpy(dtype=np.float64)
 
     def train_mean(self) -> np.ndarray:
         """Each column's mean over the training part's known cells: the predict-the-mean baseline (0 if never known)."""
-        return self.catalog.loc[self.ids("train"), schema.COLUMNS].mean(skipna=True).fillna(0.0).to_numpy()
+        return self.catalog.loc[self.ids("train"), self.columns].mean(skipna=True).fillna(0.0).to_numpy()
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Where each id stands in the "all" part (the crop cache's order)."""
+        where = {i: k for k, i in enumerate(self.splits["all"].tolist())}
+        return np.asarray([where[i] for i in ids.tolist()], dtype=np.int64)
 
     def dataset(self, part: str, views: tuple[float, ...] = (), on_bad_image: str = "error") -> GalaxyZooDataset:
         """The part's galaxies with their labels: the training augmentation for "train", else the evaluation view."""
         ids = self.ids(part)
         tf = self.train_tf if part == "train" and not views else self.eval_tf
-        images = [self.paths[i] for i in ids] if self.cache is None else self.cache.subset(np.searchsorted(self.splits["all"], ids))
+        images = [self.paths[i] for i in ids] if self.cache is None else self.cache.subset(self._positions(ids))
         return GalaxyZooDataset(images, self.labels(part), ids, tf, self.seed, views, on_bad_image)
 
     # ------------------------------------------------------------------------- batches

@@ -6,6 +6,9 @@ benchmark) gets its batches from :class:`GalaxyZooDataset` through :func:`make_l
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,29 @@ class GalaxyZooDataset(Dataset):
         return self.transform(image=np.zeros((8, 8, 3), np.uint8))["image"].zero_()
 
 
+def ignore_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: SIGINT is ignored, and so is a SIGTERM from any process but the main one,
+    so a signal sent to the whole job (Ctrl-C, SLURM, Kubernetes, ``timeout``) reaches only the main process,
+    which stops the run at a batch boundary (gzoo.runsafety). The main process's own SIGTERM (how Python's
+    multiprocessing ends daemonic workers at exit) still ends the worker, as torch's worker handler does:
+    SIGTERM is blocked and a thread reads the sender of each one. Lightning's worker seeding follows, as it
+    would without a worker_init_fn of ours."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # not on macOS or Windows: SIGTERM is left as torch sets it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+        threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="gzoo-sigterm", daemon=True).start()
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # seed_everything(workers=True) asked for it
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -144,4 +170,5 @@ def make_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         drop_last=False,
+        worker_init_fn=ignore_signals,
     )

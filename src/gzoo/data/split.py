@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from gzoo.errors import GzooError
+from gzoo.images import id_sort_key
 
 
 def _unit_hash(ids: np.ndarray, seed: int) -> np.ndarray:
     """A number in [0, 1) per GalaxyID that depends only on the id and the seed (splitmix64)."""
     with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = ids + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
@@ -27,12 +30,35 @@ def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0, 
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise GzooError(f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) and sum to less than 1.")
-    ids = np.asarray(ids, dtype=np.int64)
-    order = np.argsort(_unit_hash(ids, seed), kind="stable")
+    ids = id_array(ids)
+    order = np.argsort(_unit_hash(_id_keys(ids), seed), kind="stable")
     n_test = round(len(ids) * test_fraction)
     n_val = round(len(ids) * val_fraction)
     return {
-        "test": np.sort(ids[order[:n_test]]),
-        "val": np.sort(ids[order[n_test : n_test + n_val]]),
-        "train": np.sort(ids[order[n_test + n_val :]]),
+        "test": sort_ids(ids[order[:n_test]]),
+        "val": sort_ids(ids[order[n_test : n_test + n_val]]),
+        "train": sort_ids(ids[order[n_test + n_val :]]),
     }
+
+
+def id_array(ids) -> np.ndarray:
+    """int64 when every id is an integer (the Kaggle layout), else an object array of ints and names."""
+    ids = list(ids)
+    if all(isinstance(i, (int, np.integer)) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return np.asarray([i.item() if isinstance(i, np.generic) else i for i in ids], dtype=object)
+
+
+def _id_keys(ids: np.ndarray) -> np.ndarray:
+    """A uint64 per id: an integer id is itself (so the Kaggle split never changes), a name its BLAKE2 hash."""
+    if ids.dtype != object:
+        return ids.astype(np.uint64)
+    keys = [i if isinstance(i, int) else int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in ids]
+    return np.asarray(keys, dtype=np.uint64)
+
+
+def sort_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids in order: integers by value, then names by text (see gzoo.images.id_sort_key)."""
+    if ids.dtype != object:
+        return np.sort(ids)
+    return np.asarray(sorted(ids.tolist(), key=id_sort_key), dtype=object)

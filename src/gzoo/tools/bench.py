@@ -99,7 +99,7 @@ from gzoo.transforms import eval_transform, train_transform
 
 MODEL_CONF = CONF / "model"
 SEED = 0  # the augmentation's and the shuffle's seed, as a run's seed
-LR = 1.5e-4  # train.yaml's model.lr
+LR = 1.5e-4  # optim=paper's lr (conf/optim/paper.yaml)
 
 
 @dataclass
