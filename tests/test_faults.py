@@ -133,7 +133,8 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_and_the_resumed_run_i
     args = ["debug=tiny", *WORKERS, f"paths.output_root={out}", f"data.root={data}"]
     last = out / "default/b0/finetune/checkpoints/last.ckpt"
     with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
-        proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=so, stderr=se, start_new_session=True)
+        one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the tests' own process (conftest): the same sums, bit for bit
+        proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=so, stderr=se, start_new_session=True, env=one_thread)
         deadline = time.time() + 300
         while not last.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)

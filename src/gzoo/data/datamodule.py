@@ -37,6 +37,18 @@ from gzoo.transforms import eval_transform, train_transform
 PARTS = ("train", "val", "test", "all")
 
 
+def next_epoch(trainer: L.Trainer) -> int:
+    """The epoch of the trainer's next training pass: the fit loop's count of finished epochs, or a resumed
+    run's checkpoint's while its loops are not yet restored. Lightning builds and starts iterating the train
+    loader that early when configure_optimizers asks for trainer.estimated_stepping_batches, and loader
+    workers fetch ahead at once, so an EpochSampler started at 0 would serve a resumed run's first epoch
+    in epoch 0's order (its set_epoch comes too late)."""
+    done = trainer.fit_loop.epoch_progress.current.processed
+    loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+    saved = loaded.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    return max(done, saved) if isinstance(saved, int) else done
+
+
 class GalaxyZooDataModule(L.LightningDataModule):
     """GZ2 in the Kaggle layout, split with a fixed seed, with the recipe's augmentation.
 
@@ -67,10 +79,15 @@ class GalaxyZooDataModule(L.LightningDataModule):
         id_column: str = "id_str",
         file_column: str = "file_loc",
         labels: str | list[str] = "gz2",
+        layout: str = "kaggle",
         seed: int = 0,
         progress: bool = True,
     ):
         super().__init__()
+        if layout not in ("kaggle", "catalog"):
+            raise GzooError(f"data.layout must be kaggle or catalog, got {layout!r}.")
+        if layout == "catalog" and not catalog:
+            raise GzooError("data=catalog reads your own catalogue: name it with data.catalog=PATH (a .csv or .parquet file with id_str, file_loc and label columns).")
         self.catalog_path = Path(catalog).expanduser() if catalog else None  # your own catalogue, instead of the Kaggle layout
         self.id_column, self.file_column = id_column, file_column
         self.columns = schema.label_columns(labels)  # the label columns learned: the 37 answers (gz2) or your own
@@ -175,7 +192,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         dataset = self.dataset(part, views)
         sampler = None
         if part == "train" and not views:  # start at the epoch Lightning will set (a resumed run's first epoch is not 0)
-            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+            epoch = next_epoch(self.trainer) if self.trainer is not None else 0
             sampler = EpochSampler(len(dataset), self.seed, epoch)
         elif torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
