@@ -87,7 +87,9 @@ class GalaxyZooDataModule(L.LightningDataModule):
         if layout not in ("kaggle", "catalog"):
             raise GzooError(f"data.layout must be kaggle or catalog, got {layout!r}.")
         if layout == "catalog" and not catalog:
-            raise GzooError("data=catalog reads your own catalogue: name it with data.catalog=PATH (a .csv or .parquet file with id_str, file_loc and label columns).")
+            raise GzooError(
+                "data=catalog reads your own catalogue: name it with data.catalog=PATH (a .csv or .parquet file with id_str, file_loc and label columns)."
+            )
         self.catalog_path = Path(catalog).expanduser() if catalog else None  # your own catalogue, instead of the Kaggle layout
         self.id_column, self.file_column = id_column, file_column
         self.columns = schema.label_columns(labels)  # the label columns learned: the 37 answers (gz2) or your own
