@@ -1,5 +1,6 @@
 """Nothing lost, nothing silent: resume after SIGKILL/SIGTERM, determinism, NaN loss, bad images."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def interrupt(tmp_path, data, sig):
     """Start a training run as a user would, send ``sig`` once epoch 0's last.ckpt exists; return (proc, its epoch)."""
     out = tmp_path / "outputs"
     args = ["debug=tiny", *EXACT, f"paths.output_root={out}", f"data.root={data}"]
-    proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as the in-process reference run (tests/conftest.py)
+    proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     last = out / "default/b0/finetune/checkpoints/last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -56,20 +58,7 @@ def uninterrupted(tmp_path_factory, data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "sig",
-    [
-        signal.SIGKILL,
-        pytest.param(
-            signal.SIGTERM,
-            marks=pytest.mark.skip(
-                reason="known regression, issue 13 open: with the new signal handling (runsafety.StopOnSignal) a SIGTERM to the main process "
-                "alone resumes to different weights; SIGTERM/SIGINT to the whole group is covered by tests/test_faults.py"
-            ),
-        ),
-    ],
-    ids=["SIGKILL", "SIGTERM"],
-)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, data, uninterrupted, sig):
     returncode, stderr, epoch = interrupt(tmp_path, data, sig)
     assert epoch < 3, "the run finished before it could be interrupted"
