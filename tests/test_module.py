@@ -84,6 +84,26 @@ def test_unfrozen_body_trains():
     assert len([p for g in trainer.optimizers[0].param_groups for p in g["params"]]) == len(list(m.parameters()))
 
 
+def test_frozen_batchnorm_statistics_stay_while_the_whole_body_trains():
+    """phase.freeze_bn_stats (fulltune's default): no BatchNorm layer ever sees a training step in
+    train mode, so the running statistics stay those the finetuned tail was fitted to; every weight,
+    BatchNorm's scale and shift included, trains."""
+    m = GalaxyZooModule(**TINY, freeze_bn_stats=True)
+    before = copy.deepcopy(m.net.body.state_dict())
+    seen = []
+    for layer in m.net.body.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.register_forward_pre_hook(lambda mod, args: seen.append(mod.training) if mod.weight.requires_grad and torch.is_grad_enabled() else None)
+    trainer, spy = fit_few_steps(m)
+    assert seen and not any(seen)  # BatchNorm normalised with its running statistics on every training step
+    assert all(spy.body_training)  # the rest of the body (dropout, drop-path) is in train mode
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(m.net.body.state_dict()[k], before[k]) for k in stats)
+    bn_scale = [k for k in before if k.endswith("bn1.weight")]
+    assert bn_scale and any(not torch.equal(m.net.body.state_dict()[k], before[k]) for k in bn_scale)
+    assert len([p for g in trainer.optimizers[0].param_groups for p in g["params"]]) == len(list(m.parameters()))
+
+
 def test_lr_is_cut_by_0_8_after_4_epochs_without_improvement():
     m = GalaxyZooModule(**TINY)
     m.trainer = None

@@ -25,7 +25,7 @@ class GalaxyZooModule(L.LightningModule):
 
     The keyword arguments are the keys of the run config's ``model`` node (``name`` is the
     variant, e.g. b0), plus ``optim`` (the ``optim`` node, see optim.py; the recipe's when None),
-    ``freeze_body`` (the phase) and ``crop_fraction`` (the data's).
+    ``freeze_body`` and ``freeze_bn_stats`` (the phase's) and ``crop_fraction`` (the data's).
     ``__init__`` takes plain values only and saves them, so a checkpoint rebuilds the same
     network (:meth:`from_checkpoint`, which never downloads).
     """
@@ -43,6 +43,7 @@ class GalaxyZooModule(L.LightningModule):
         labels: list[str] | None = None,
         optim: dict | None = None,
         freeze_body: bool = False,
+        freeze_bn_stats: bool = False,
         crop_fraction: float = 0.5,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
@@ -57,7 +58,8 @@ class GalaxyZooModule(L.LightningModule):
         self.net = GalaxyNet(timm_name, pretrained, weights, image_size, crop_fraction, mean, std, dropout, hidden, head, labels)
         self.hparams.mean, self.hparams.std = self.net.mean, self.net.std  # resolved: the checkpoint needs no timm lookup
         if freeze_body:
-            self.net.body.requires_grad_(False).eval()
+            self.net.body.requires_grad_(False)
+        self._hold_frozen_modes()
         self.train_rmse, self.val_rmse, self.test_rmse = MaskedRMSE(), MaskedRMSE(), MaskedRMSE()
 
     @classmethod
@@ -73,16 +75,29 @@ class GalaxyZooModule(L.LightningModule):
             raise GzooError(f"checkpoint {path} cannot be loaded as a gzoo model ({reason}).") from None
 
     def train(self, mode: bool = True) -> GalaxyZooModule:
-        """A frozen body stays in eval mode, so its BatchNorm statistics do not drift."""
+        """A frozen body stays in eval mode, so its BatchNorm statistics do not drift. With
+        ``freeze_bn_stats`` the body trains but its BatchNorm layers keep normalising with their
+        running statistics (their scale and shift still learn): the features the finetuned tail was
+        fitted to stay what they were, instead of jumping to each batch's galaxy statistics."""
         super().train(mode)
+        self._hold_frozen_modes()
+        return self
+
+    def _hold_frozen_modes(self) -> None:
+        # Lightning never calls train() when fit starts (it records and restores each layer's mode
+        # around validation), so this runs at construction, in train() and at every training epoch.
         if self.hparams.freeze_body:
             self.net.body.eval()
-        return self
+        elif self.hparams.get("freeze_bn_stats", False):
+            for layer in self.net.body.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     def forward(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x, brightness)
 
     def on_train_epoch_start(self) -> None:
+        self._hold_frozen_modes()
         early = self.current_epoch < self.hparams.tree_after_epochs
         self.net.head = "sigmoid" if early else self.hparams.head
 

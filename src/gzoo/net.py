@@ -28,7 +28,7 @@ from gzoo import schema
 from gzoo.errors import GzooError
 from gzoo.heads import HEADS
 from gzoo.transforms import normalise_batch
-from gzoo.weights import PACKAGED, packaged_weights
+from gzoo.weights import PACKAGED, packaged_weights, read_state_dict
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
@@ -72,12 +72,7 @@ def create_body(timm_name: str, pretrained: bool, weights: str | None = None) ->
     if weights:
         body = timm.create_model(timm_name, num_classes=0, pretrained=False)
         path = Path(weights)
-        if not path.is_file():
-            raise GzooError(f"model.weights={path} not found; point it at a timm state dict (.pth or .safetensors).")
-        try:
-            state = timm.models.load_state_dict(str(path))
-        except Exception as e:
-            raise GzooError(f"model.weights={path} is not a readable state dict ({e}).") from None
+        state = read_state_dict(path, "model.weights")
         classifier = body.pretrained_cfg.get("classifier", "classifier")
         state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
         try:

@@ -56,16 +56,18 @@ def convert_state_dict(source: dict[str, torch.Tensor], timm_name: str, what: st
     return out
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .pth/.pt/.safetensors file, or from a checkpoint's ``state_dict``."""
+def read_state_dict(path: Path, option: str = "source") -> dict[str, torch.Tensor]:
+    """A state dict from a .pth/.pt/.safetensors file, or from a checkpoint's ``state_dict``;
+    ``option`` is the setting that named the file, for the messages."""
+    path = Path(path)
     if not path.is_file():
-        raise GzooError(f"{path} not found; point source= at a saved state dict (.pth, .pt or .safetensors).")
+        raise GzooError(f"{option}={path} not found; point it at a saved state dict (.pth, .pt or .safetensors).")
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:
-        raise GzooError(f"{path} is not a readable state dict ({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
+        raise GzooError(f"{option}={path} is not a readable state dict ({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise GzooError(f"{path} does not hold a state dict of tensors.")
+        raise GzooError(f"{option}={path} does not hold a state dict of tensors.")
     return state
 
 
