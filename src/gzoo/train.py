@@ -58,7 +58,9 @@ def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
     optim = OmegaConf.to_container(cfg.optim, resolve=True) if "optim" in cfg else None
     labels = schema.label_columns(cfg.data.get("labels", "gz2"))
     module = GalaxyZooModule(
-        **model, labels=None if schema.is_gz2(labels) else labels, optim=optim,
+        **model,
+        labels=None if schema.is_gz2(labels) else labels,
+        optim=optim,
         freeze_body=cfg.phase.freeze_body,
         freeze_bn_stats=cfg.phase.get("freeze_bn_stats", False),
         crop_fraction=cfg.data.crop_fraction,
