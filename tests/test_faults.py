@@ -3,6 +3,7 @@ a weights file never dropped, a checkpoint that knows its split, and inputs refu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
@@ -63,6 +64,42 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint_and_
         assert load(checkpoints / name)["epoch"] == 0
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]  # no partial file beside them
     assert not (tmp_path / RUN / LOCK_NAME).exists()
+
+
+def test_a_disk_that_fills_inside_torch_save_is_named_not_a_zip_writer_error(tmp_path, data, monkeypatch):
+    """The real torch.save on a file whose write fails with ENOSPC part-way (as on a full filesystem, where
+    torch's zip writer turns it into ``RuntimeError: unexpected pos``): the previous checkpoints load, the
+    sentence names the disk, and no temporary file is left."""
+    from gzoo import io
+
+    real_open, calls = io.atomic_open, []
+
+    class FillsUp:
+        def __init__(self, f, room):
+            self.f, self.room = f, room
+
+        def write(self, b):
+            if len(b) > self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def full_after_epoch_0(path, mode="w", **kwargs):
+        with real_open(path, mode, **kwargs) as f:
+            calls.append(path)
+            yield FillsUp(f, 1000) if str(path).endswith(".ckpt") and len([c for c in calls if str(c).endswith(".ckpt")]) > 2 else f
+
+    monkeypatch.setattr(io, "atomic_open", full_after_epoch_0)
+    checkpoints = tmp_path / RUN / "checkpoints"
+    with pytest.raises(GzooError) as stop:
+        train(make_cfg(tmp_path, data, "trainer.max_epochs=2", "data.val_fraction=0.25"))
+    assert f"the disk holding {checkpoints} is full (No space left on device)" in str(stop.value)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
+    assert all(load(checkpoints / n)["epoch"] == 0 for n in ("best.ckpt", "last.ckpt"))
 
 
 # ----------------------------------------------------------------------------- 2: signals
@@ -161,6 +198,16 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_and_the_resumed_run_i
     resumed = load(last)["state_dict"]
     assert resumed.keys() == uninterrupted_with_workers.keys()
     assert all(torch.equal(resumed[k], uninterrupted_with_workers[k]) for k in resumed)
+
+
+def test_resuming_with_fewer_epochs_than_were_trained_is_one_sentence(tmp_path, data):
+    train(make_cfg(tmp_path, data, "trainer.max_epochs=3", "data.val_fraction=0.25"))
+    last = tmp_path / RUN / "checkpoints" / "last.ckpt"
+    with pytest.raises(GzooError) as stop:
+        train(make_cfg(tmp_path, data, "trainer.max_epochs=1", "data.val_fraction=0.25", "resume=true"))
+    assert str(stop.value) == f"{last} was saved after epoch 2 (counting from 0), past trainer.max_epochs=1; raise trainer.max_epochs to continue it."
+    train(make_cfg(tmp_path, data, "trainer.max_epochs=4", "data.val_fraction=0.25", "resume=true"))  # more epochs: it continues
+    assert load(last)["epoch"] == 3
 
 
 # ----------------------------------------------------------------------------- 3: one run per folder

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from gzoo.data import EpochSampler, GalaxyZooDataModule, make_loader, seed_of
 from gzoo.errors import GzooError
-from gzoo.io import atomic_open
+from gzoo.io import atomic_torch_save, write_failure
 from gzoo.log import say
 from gzoo.net import PRECISIONS, GalaxyNet, autocast
 
@@ -141,8 +141,10 @@ def feature_datamodule(net: GalaxyNet, dm: GalaxyZooDataModule, views: int, fold
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("features-*.pt"):  # made for other images, weights or views
         old.unlink()
-    with atomic_open(path, "wb") as f:
-        torch.save({"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}, f)
+    try:
+        atomic_torch_save({"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}, path)
+    except OSError as e:
+        raise GzooError(f"{write_failure(e, path, 'the feature cache')}; free space there or set paths.output_root to another disk.") from None
     size = path.stat().st_size / 2**20
     say(f"cached {size:.1f} MB of features in {path}")
     return FeatureDataModule(dm, train, val)

@@ -43,6 +43,50 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         tmp.unlink(missing_ok=True)
 
 
+def write_failure(e: OSError, path: Path | str, what: str = "") -> str:
+    """The first part of a sentence saying why ``path`` could not be written: full, read-only, or another reason."""
+    path = Path(getattr(e, "filename", None) or path)
+    folder = path if path.is_dir() else path.parent
+    name = f"{what} {path}".strip()
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"could not write {name}: the disk holding {folder} is full ({e.strerror})"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"could not write {name}: {folder} is not writable ({e.strerror})"
+    return f"could not write {name} ({e.strerror or e})"
+
+
+class _WriteErrors:
+    """A file that remembers the first OSError of a write: torch's zip writer reports a failed write
+    (``No space left on device``) only as ``RuntimeError: ... unexpected pos``."""
+
+    def __init__(self, f: IO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save(obj)`` into ``path`` through :func:`atomic_open`; a failed write (a full disk) raises its own OSError."""
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        writer = _WriteErrors(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing

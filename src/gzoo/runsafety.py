@@ -30,7 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from gzoo.errors import GzooError, RunInterrupted
-from gzoo.io import atomic_open, lock_folder
+from gzoo.io import atomic_torch_save, lock_folder, write_failure
 
 # ----------------------------------------------------------------------------- the options of a run
 
@@ -125,18 +125,6 @@ def check_accelerator(accelerator: Any, devices: Any) -> None:
 # ----------------------------------------------------------------------------- disks
 
 
-def write_failure(e: OSError, path: Path | str, what: str = "") -> str:
-    """The first part of a sentence saying why ``path`` could not be written: full, read-only, or another reason."""
-    path = Path(getattr(e, "filename", None) or path)
-    folder = path if path.is_dir() else path.parent
-    name = f"{what} {path}".strip()
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"could not write {name}: the disk holding {folder} is full ({e.strerror})"
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"could not write {name}: {folder} is not writable ({e.strerror})"
-    return f"could not write {name} ({e.strerror or e})"
-
-
 def check_writable(folder: Path | str, option: str = "paths.output_root") -> None:
     """``folder`` (or the nearest folder above it that exists, where it would be made) can be written,
     tried by making and removing an empty folder in it (permission bits say little to root)."""
@@ -168,8 +156,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_open(path, "wb") as f:
-                torch.save(checkpoint, f)
+            atomic_torch_save(checkpoint, path)
         except OSError as e:
             last = path.parent / "last.ckpt"
             then = "continue with the same command plus resume=true" if last.is_file() else "run again with overwrite=true"

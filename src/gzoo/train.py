@@ -32,13 +32,13 @@ from gzoo.callbacks import EpochHistory, StepSeed
 from gzoo.data import GalaxyZooDataModule
 from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
 from gzoo.features import feature_datamodule
-from gzoo.io import atomic_open, atomic_write_text
+from gzoo.io import atomic_open, atomic_write_text, write_failure
 from gzoo.log import error, logger, say, warn
 from gzoo.metrics import baseline_rmse, rmse
 from gzoo.module import GalaxyZooModule, load_net
 from gzoo.net import PRECISIONS
 from gzoo.predict import predict_loader
-from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable, write_failure
+from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable
 
 CONF = Path(__file__).parent / "conf"
 
@@ -86,6 +86,9 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     path = run_dir / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
     if not path.is_file():
         raise GzooError(f"resume={resume} but {path} does not exist; run without resume to start afresh.")
+    epoch, most = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("epoch", 0), cfg.trainer.get("max_epochs")
+    if most is not None and most >= 0 and epoch > most:  # Lightning's own refusal, as a traceback
+        raise GzooError(f"{path} was saved after epoch {epoch} (counting from 0), past trainer.max_epochs={most}; raise trainer.max_epochs to continue it.")
     return path
 
 
