@@ -137,3 +137,19 @@ def test_a_bad_override_is_one_sentence_and_status_2_before_anything_runs(overri
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("[gzoo] error: ") and said in line and line.endswith("python -m gzoo.train --help lists the groups and keys.")
     check_overrides(["debug=tiny", "hydra.run.dir=/tmp/x", "experiment=paper_b0"])  # good ones pass (negative control)
+
+
+def test_a_body_from_random_weights_learns_its_batchnorm_statistics_in_fulltune(tmp_path, kaggle_dir, capsys):
+    """phase.freeze_bn_stats keeps a trained body's statistics; from scratch (no pretrained weights, no
+    model.weights, no init_from) there are none to keep, so BatchNorm trains as usual and the log says so."""
+    from gzoo.train import build_module
+
+    scratch = make_cfg(tmp_path, kaggle_dir, "phase=fulltune", "phase.init_from=null", "model.pretrained=false")
+    assert scratch.phase.freeze_bn_stats
+    module = build_module(scratch, pretrained=True).train()
+    bn = [m for m in module.net.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.training for m in bn)
+    assert "its BatchNorm layers learn their statistics" in capsys.readouterr().out
+    trained = make_cfg(tmp_path, kaggle_dir, "phase=fulltune")  # from the finetune checkpoint: the statistics stay
+    module = build_module(trained, pretrained=False).train()
+    assert not any(m.training for m in module.net.body.modules() if isinstance(m, torch.nn.BatchNorm2d))

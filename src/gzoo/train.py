@@ -57,12 +57,18 @@ def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
         model.update(pretrained=False, weights=None)
     optim = OmegaConf.to_container(cfg.optim, resolve=True) if "optim" in cfg else None
     labels = schema.label_columns(cfg.data.get("labels", "gz2"))
+    # BatchNorm keeps running statistics only a trained body has; one from random weights must learn them.
+    trained = bool(cfg.model.get("pretrained") or cfg.model.get("weights") or cfg.phase.get("init_from"))
+    freeze_bn_stats = bool(cfg.phase.get("freeze_bn_stats", False))
+    if freeze_bn_stats and not trained and not cfg.phase.freeze_body:
+        say("the body starts from random weights, so its BatchNorm layers learn their statistics (phase.freeze_bn_stats keeps a trained body's)")
+        freeze_bn_stats = False
     module = GalaxyZooModule(
         **model,
         labels=None if schema.is_gz2(labels) else labels,
         optim=optim,
         freeze_body=cfg.phase.freeze_body,
-        freeze_bn_stats=cfg.phase.get("freeze_bn_stats", False),
+        freeze_bn_stats=freeze_bn_stats,
         crop_fraction=cfg.data.crop_fraction,
     )
     module.net.set_speed(**cfg.speed)
