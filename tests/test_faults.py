@@ -414,3 +414,35 @@ def test_trainer_gpu_without_a_gpu_is_refused_before_the_data_scan(tmp_path, mon
         "trainer.accelerator=gpu (trainer=gpu or trainer=ddp) but this machine has no usable CUDA GPU; "
         "run with trainer=default (the CPU here, a GPU where there is one) or on a machine with a GPU."
     )
+
+
+def test_every_torch_file_gzoo_writes_names_a_full_disk(tmp_path, monkeypatch):
+    """atomic_torch_save (the feature cache, converted weights, checkpoints): the write's ENOSPC, not torch's
+    RuntimeError, ends in one sentence with the caller's advice; nothing is left under the name or beside it."""
+    from gzoo import io
+
+    real_open = io.atomic_open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def full(path, mode="w", **kwargs):
+        with real_open(path, mode, **kwargs) as f:
+            yield Full(f)
+
+    monkeypatch.setattr(io, "atomic_open", full)
+    target = tmp_path / "features.pt"
+    with pytest.raises(GzooError) as stop:
+        io.atomic_torch_save({"x": torch.zeros(1000)}, target, "the feature cache", "free space there")
+    assert str(stop.value) == f"could not write the feature cache {target}: the disk holding {tmp_path} is full (No space left on device); free space there."
+    with pytest.raises(OSError):  # without advice the OSError itself
+        io.atomic_torch_save({"x": torch.zeros(1000)}, target)
+    assert list(tmp_path.iterdir()) == []

