@@ -24,7 +24,8 @@ def caches(folder):
     return sorted(folder.glob("crop-cache-*.npy"))
 
 
-def test_the_caches_batches_equal_the_decoded_images_bit_for_bit(tmp_path):
+def test_the_caches_batches_equal_the_decoded_images_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setenv("GZOO_CACHE", str(tmp_path / "user-cache"))
     data = write_kaggle(tmp_path / "gz2", n=12)
     plain = GalaxyZooDataModule(data, **KW)
     cached = GalaxyZooDataModule(data, crop_cache=str(tmp_path / "cache"), **KW)
@@ -38,9 +39,9 @@ def test_the_caches_batches_equal_the_decoded_images_bit_for_bit(tmp_path):
     for part in ("train", "val"):  # the training warp and the evaluation view, from the cache without a decode
         for a, b in zip(plain.loader(part), cached.loader(part), strict=True):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    dev = GalaxyZooDataModule(data, crop_cache="auto", augment_on="device", **KW)  # auto: beside the data
+    dev = GalaxyZooDataModule(data, crop_cache="auto", augment_on="device", **KW)  # auto: the user's cache folder, not the data's
     dev.setup()
-    assert len(caches(data / ".gzoo-cache")) == 1
+    assert len(caches(tmp_path / "user-cache" / "crops")) == 1 and not (data / ".gzoo-cache").exists()
     batch = next(iter(dev.loader("train")))
     assert all(np.array_equal(batch["image"][j].numpy(), load_image(plain.paths[int(gid)])) for j, gid in enumerate(batch["id"]))
 

@@ -84,7 +84,7 @@ def test_same_seed_gives_identical_val_rmse_and_weights(tmp_path, data):
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, data):
-    with pytest.raises(GzooError, match=r"resume=True but .*last.ckpt does not exist; run without resume"):
+    with pytest.raises(GzooError, match=r"resume=true but .* holds no run to continue; run the same command without resume=true to start one\."):
         train(make_cfg(tmp_path, data, "resume=true"))
 
 

@@ -6,8 +6,12 @@
     features = model.embed("my_galaxies/")           # id, then feature_0 ... (pooled body features)
 
 A source is a folder (read as ``python -m gzoo.predict images=`` reads it), one image file, a list of
-image files, or a DataFrame with a file column (``file_loc`` by default, as galaxy-datasets' catalogues
-name it; relative paths are read from the working folder) and, when it has one, an id column (``id_str``).
+image files, a DataFrame with a file column (``file_loc`` by default, as galaxy-datasets' catalogues
+name it; relative paths are read from ``root=``, by default the working folder) and, when it has one,
+an id column (``id_str``), or a catalogue file (.csv or .parquet) with those columns, read as training
+reads ``data.catalog`` (relative paths from the catalogue's folder). A row without a file or an id, and
+two rows naming one image file, are errors naming the rows. Decoded images are accepted too: a list of
+RGB uint8 arrays (H, W, 3), whose ids are their positions 0..N-1 in the column "index".
 Every image file gzoo reads is accepted (see gzoo.images). Both methods build their table with
 gzoo.predict.predict_table, the prediction tool's own loop; nothing downloads.
 """
@@ -56,6 +60,7 @@ class Model:
         file_column: str = "file_loc",
         id_column: str = "id_str",
         progress: bool = True,
+        root: str | Path | None = None,
     ) -> pd.DataFrame:
         """The predicted vote fractions: the id column, then one column per label (:attr:`labels`), one row per image.
 
@@ -64,8 +69,10 @@ class Model:
         when it is all digits: the column is then GalaxyID, else id_str). ``tta``: views averaged per galaxy
         (8 = right-angle rotations x mirror; see gzoo.predict). ``on_bad_image="skip"`` leaves unreadable
         images out and says which; ``fits``: the stretch of FITS files (a FitsStretch or its fields as a dict).
+        ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
+        a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".
         """
-        return self._table(source, False, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress)
+        return self._table(source, False, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root)
 
     def embed(
         self,
@@ -79,13 +86,14 @@ class Model:
         file_column: str = "file_loc",
         id_column: str = "id_str",
         progress: bool = True,
+        root: str | Path | None = None,
     ) -> pd.DataFrame:
         """The pooled body features (GalaxyNet.features, e.g. 1280 for B0): the id column, then feature_0 ...,
         one row per image, averaged over the ``tta`` views; the other arguments as for :meth:`predict`."""
-        return self._table(source, True, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress)
+        return self._table(source, True, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root)
 
-    def _table(self, source, features, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress) -> pd.DataFrame:
-        paths, ids, id_name = image_source(source, file_column, id_column)
+    def _table(self, source, features, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root) -> pd.DataFrame:
+        paths, ids, id_name = image_source(source, file_column, id_column, root)
         fits = FitsStretch(**fits) if isinstance(fits, dict) else fits
         table, skipped = predict_table(self.net, paths, ids, id_name, tta, batch_size, num_workers, on_bad_image, precision, progress, fits, features)
         if skipped:

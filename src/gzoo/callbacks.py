@@ -33,7 +33,12 @@ class StepSeed(L.Callback):
 
 
 class EpochHistory(L.Callback):
-    """Each training epoch's wall seconds (training and its validation) and val/rmse, for metrics.json."""
+    """Each training epoch's wall seconds (training and its validation) and val/rmse, for metrics.json.
+
+    An epoch is recorded when its validation ends (before that epoch's checkpoints are written, so they hold
+    it) or, in an epoch without validation, when it ends. The list is saved in every checkpoint, so a resumed
+    run's history holds the epochs before the stop too.
+    """
 
     def __init__(self):
         self.epochs: list[dict] = []
@@ -42,11 +47,26 @@ class EpochHistory(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _record(self, trainer: L.Trainer) -> None:
+        if self.epochs and self.epochs[-1]["epoch"] == trainer.current_epoch:
+            return
         val = trainer.callback_metrics.get("val/rmse")
         self.epochs.append(
             {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self._start, 3), "val/rmse": float(val) if val is not None else None}
         )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer)
+
+    def state_dict(self) -> dict:
+        return {"epochs": [dict(e) for e in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = [dict(e) for e in state_dict.get("epochs", [])]
 
 
 class ValidationGallery(L.Callback):

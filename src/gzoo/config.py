@@ -12,24 +12,29 @@ and its ``main`` is ``run_tool(predict, PredictOptions, argv, doc=__doc__)``. Th
 merged into the dataclass with OmegaConf (the library Hydra builds on, so values are written as
 in ``python -m gzoo.train``: ``tta=8``, ``tta=[1,8]``, ``data.root=DIR``), which checks every type;
 ``--help`` lists every option with its default and comment. A user's mistake (an unknown key, a
-wrong type, a bad choice, a missing required option) ends in one sentence and exit status 2.
+wrong type, a bad choice, a missing required option, and while the tool runs a full or read-only disk)
+ends in one sentence and exit status 2; Ctrl-C and SIGTERM in one sentence and 130 or 143 (see run_tool).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 import sys
 import textwrap
+import threading
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gzoo.errors import GzooError
+from gzoo.errors import GzooError, RunInterrupted
+from gzoo.io import USER_ERRNOS, os_failure
 from gzoo.log import error
 
 #: The default of an option the user must give.
@@ -127,17 +132,67 @@ def parse(cls: type[T], argv: Sequence[str]) -> T:
     return OmegaConf.to_object(merged)
 
 
+class Stopped(BaseException):
+    """Raised by :func:`run_tool`'s SIGTERM handler: a BaseException, so no ``except Exception`` on the way eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM (SLURM, Kubernetes, systemd, ``timeout``) raises :class:`Stopped` in the main
+    thread, so the tool's ``finally`` blocks run (temporary files removed, locks released); the old handler after."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _stopped(name: str) -> str:
+    return f"stopped by {name} before it finished; outputs are written whole or not at all; run the same command again (adding overwrite=true if it says an output exists)."
+
+
 def run_tool(func: Callable[[Any], Any], cls: type, argv: Sequence[str] | None = None, doc: str | None = None) -> int:
-    """Parse ``argv`` into ``cls``, call ``func(options)`` and return the exit status (2 for a user's mistake)."""
+    """Parse ``argv`` into ``cls``, call ``func(options)`` and return the exit status: the one front door of every tool.
+
+    What the user can fix ends in one sentence on stderr, without a traceback: a GzooError (status 2), an
+    OSError of :data:`gzoo.io.USER_ERRNOS` (a full or read-only disk, a path component that is a file, a
+    permission: status 2), Ctrl-C (130) and SIGTERM (143), which raises :class:`Stopped` while the tool runs.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text(cls, doc))
         return 0
     try:
-        func(parse(cls, argv))
+        with _sigterm_raises():
+            func(parse(cls, argv))
+    except RunInterrupted as e:
+        error(str(e))
+        return e.status
     except GzooError as e:
         error(str(e))
         return 2
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise  # not the user's to fix: the traceback is for a bug report
+        error(os_failure(e))
+        return 2
+    except KeyboardInterrupt:
+        error(_stopped("SIGINT (Ctrl-C)"))
+        return 128 + signal.SIGINT
+    except Stopped as e:
+        error(_stopped(signal.Signals(e.signum).name))
+        return 128 + e.signum
     return 0
 
 

@@ -1,19 +1,23 @@
 """Evaluation report of a checkpoint: RMSE overall, per question and per answer, beside the
 predict-the-training-mean baseline, with and without test-time augmentation.
 
-    python -m gzoo.evaluate ckpt=PATH [split=val|test|train|all] [tta=[1,8]] [data.root=DIR] ...
+    python -m gzoo.evaluate ckpt=PATH [split=val|test|train|all] [tta=[1,8]] [data.root=DIR | data.catalog=FILE] ...
 
 The run's data module is rebuilt from its resolved config (<run_dir>/config.yaml, beside
 checkpoints/; or config=PATH), so split=val is by construction exactly the part the run was
-validated on: the same catalogue, limit, split and images left out. data.root=DIR evaluates
-another labelled folder in the Kaggle layout (all of it unless split= says otherwise). The
-baseline predicts, for every galaxy, each column's mean over the run's training part.
-Unknown (empty) label cells are left out of every RMSE.
+validated on: the same catalogue, limit, split and images left out. data.root=DIR scores another
+labelled folder in the Kaggle layout (the 37 answers; a run trained on its own catalogue with its
+own labels is refused: name a catalogue instead), data.catalog=FILE (with data.id_column,
+data.file_column) a CSV or Parquet catalogue holding the run's label columns; either is scored
+whole unless split= says otherwise. The report says how many of the galaxies scored were in the
+run's training part (the same image file, or the same integer id). The baseline predicts, for
+every galaxy, each column's mean over the run's training part. Unknown (empty) label cells are
+left out of every RMSE. Every output folder is checked to be writable before anything is scored.
 
-Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder>-<split> for
-another folder): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
+Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder or catalogue>-<split>
+for other data): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
 tensorboard/ (`tensorboard --logdir <out>/tensorboard`); with predictions=FILE.csv or FILE.parquet (the
-format by the extension) also each galaxy's predictions, GalaxyID then Class1.1 ... Class11.6.
+format by the extension) also each galaxy's predictions, the id then the run's label columns.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 import sys
 import textwrap
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -39,13 +44,13 @@ from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
 from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
-from gzoo.io import atomic_open, table_suffix, write_table
+from gzoo.io import atomic_open, output_lock, table_suffix, write_table
 from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
 from gzoo.net import PRECISIONS
 from gzoo.predict import id_column_name, predict_loader, tta_angles
-from gzoo.runsafety import split_mismatch
+from gzoo.runsafety import split_mismatch, split_record
 
 OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
 
@@ -55,6 +60,9 @@ class OtherData:
     root: Path | None = option(None, "another labelled folder in the Kaggle layout (default: the run's data)")
     labels_csv: str | None = option(None, "its labels file (default: the run's)")
     images_dir: str | None = option(None, "its image folder (default: the run's)")
+    catalog: Path | None = option(None, "a .csv or .parquet catalogue with an id column, a file column and the run's label columns, scored instead")
+    id_column: str | None = option(None, "the catalogue's id column (default: the run's data.id_column)")
+    file_column: str | None = option(None, "the catalogue's image file column (default: the run's data.file_column)")
     missing_labels: str | None = option(None, "error or mask: how its empty cells are read (default: the run's)", choices=(None, *MISSING_LABEL_MODES))
 
 
@@ -82,15 +90,20 @@ def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def checkpoint_record(ckpt: Path) -> dict | None:
+    """The split record a checkpoint carries (gzoo.runsafety.RecordSplit), or None (none, or not a checkpoint: load_net says so)."""
+    if not ckpt.is_file():
+        return None  # load_net says so in its own sentence
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("gzoo_split")
+    except Exception:
+        return None  # not a checkpoint: load_net says so
+
+
 def check_split(ckpt: Path, cfg: DictConfig, config: Path) -> None:
     """The run config describes the split the checkpoint was trained on (its record, see gzoo.runsafety.RecordSplit),
     so that split=val scores galaxies the model never trained on; a checkpoint without a record is not checked."""
-    if not ckpt.is_file():
-        return  # load_net says so in its own sentence
-    try:
-        record = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("gzoo_split")
-    except Exception:
-        return  # not a checkpoint: load_net says so
+    record = checkpoint_record(ckpt)
     if record is None:
         return
     try:
@@ -102,6 +115,89 @@ def check_split(ckpt: Path, cfg: DictConfig, config: Path) -> None:
             f"{config} does not belong to checkpoint {ckpt}: the checkpoint was trained with {differs}, so its split differs "
             "and split=val could score galaxies it trained on; pass config=<the config.yaml of the run that wrote it>."
         )
+
+
+def locate_run_data(cfg: DictConfig, config: Path, ckpt: Path, given: dict) -> None:
+    """The run's own data (its data.root, or data.catalog for a catalogue run) where its config says.
+
+    A config may record a path relative to the folder training ran in. Found from here, it is read; not
+    found, nothing is guessed: the user names the run's data with data.root= (data.catalog=), which then
+    stands for the run's data (``given`` loses it) once its labels are those the checkpoint recorded.
+    """
+    key = "catalog" if cfg.data.get("catalog") else "root"
+    recorded = Path(str(cfg.data[key])).expanduser()
+    if recorded.is_absolute() or recorded.exists():
+        return
+    what = "catalogue" if key == "catalog" else "data folder"
+    if key not in given:
+        raise GzooError(
+            f"{config} records data.{key}={recorded}, a path relative to the folder training ran in, and there is no {recorded} in {Path.cwd()}; "
+            f"pass data.{key}=<the run's {what}> (or run from the folder training ran in)."
+        )
+    named = Path(given.pop(key)).expanduser().absolute()
+    cfg.data[key] = str(named)
+    record = checkpoint_record(ckpt)
+    try:
+        differs = record is not None and split_record(cfg.data)["labels_sha256"] != record.get("labels_sha256")
+    except OSError:
+        return  # no labels there: the data module says so
+    if differs:
+        raise GzooError(
+            f"{config} records data.{key}={recorded}, relative to the folder training ran in, and data.{key}={named} is not the run's {what} "
+            f"(its labels differ from those checkpoint {ckpt} was trained on, in {record['root']}); pass data.{key}=<the run's {what}>, "
+            "or run from the folder training ran in to score other data."
+        )
+
+
+def scored_data_overrides(cfg: DictConfig, given: dict) -> dict:
+    """The data module options that read the data asked for (``given``: the data.* options set) in place of the run's.
+
+    data.root (with labels_csv, images_dir) reads a folder in the Kaggle layout, so it can score only a run that
+    learned the 37 gz2 answers; data.catalog reads a catalogue (its id and file columns default to the run's).
+    """
+    folder = [k for k in ("root", "labels_csv", "images_dir") if k in given]
+    columns = [k for k in ("id_column", "file_column") if k in given]
+    overrides = {"missing_labels": given["missing_labels"]} if "missing_labels" in given else {}
+    if "catalog" in given:
+        if folder:
+            raise GzooError(f"data.catalog= scores a catalogue and data.{folder[0]}= a folder in the Kaggle layout; pass one of them, not both.")
+        return overrides | {"layout": "catalog", "catalog": str(given["catalog"])} | {k: given[k] for k in columns}
+    if columns:
+        raise GzooError(f"data.{columns[0]}= names a column of data.catalog=; pass data.catalog=<the catalogue> too.")
+    if not folder:
+        return overrides
+    if cfg.data.get("catalog"):  # a catalogue run: the folder is read in the Kaggle layout, never the run's catalogue
+        labels = schema.label_columns(OmegaConf.to_container(cfg.data.labels) if isinstance(cfg.data.labels, ListConfig) else cfg.data.labels)
+        if not schema.is_gz2(labels):
+            raise GzooError(
+                f"the run learned its own labels ({', '.join(labels)}) from catalogue {cfg.data.catalog}, and data.{folder[0]}= reads a folder in the "
+                f"Kaggle layout (the 37 gz2 answers); pass data.catalog=<a catalogue with columns {cfg.data.id_column}, {cfg.data.file_column}, "
+                f"{', '.join(labels)}> instead."
+            )
+        if "root" not in given:
+            raise GzooError(
+                f"the run read catalogue {cfg.data.catalog}, and data.{folder[0]}= names a file of a folder in the Kaggle layout; pass data.root=<that folder> too."
+            )
+        overrides |= {"layout": "kaggle", "catalog": None}
+    return overrides | {k: str(given[k]) for k in folder}
+
+
+def same_galaxies(a: GalaxyZooDataModule, b: GalaxyZooDataModule) -> bool:
+    """Whether two data modules read the same catalogue (or labels file and image folder)."""
+    if (a.catalog_path is None) != (b.catalog_path is None):
+        return False
+    if a.catalog_path is not None:
+        return a.catalog_path.resolve() == b.catalog_path.resolve() and (a.id_column, a.file_column) == (b.id_column, b.file_column)
+    return a.labels_path.resolve() == b.labels_path.resolve() and a.images_path.resolve() == b.images_path.resolve()
+
+
+def count_in_training(data: GalaxyZooDataModule, ids: np.ndarray, run_data: GalaxyZooDataModule) -> int:
+    """How many of ``ids`` (galaxies of ``data``) were in the run's training part: the same image file, or the same integer id
+    (a Kaggle GalaxyID: gz2-sample's galaxies are gz2-2k's, in other files)."""
+    train = run_data.ids("train").tolist()
+    files = {run_data.paths[i].resolve() for i in train}
+    numbers = {i for i in train if isinstance(i, int)}
+    return sum(1 for i in ids.tolist() if (isinstance(i, int) and i in numbers) or data.paths[i].resolve() in files)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -151,40 +247,69 @@ def _number(value: float, digits: int) -> str:
     return "–" if np.isnan(value) else f"{value:.{digits}f}"  # a dash where no cell was known
 
 
+def in_training_sentence(d: dict) -> str:
+    """What report.md and the log say of the galaxies scored that the run trained on."""
+    n, total = d["in_training"], d["galaxies"]
+    if n == 0:
+        return f"none of the {total} galaxies scored was in the run's training part (matched by image file and integer id)"
+    return (
+        f"{n} of the {total} galaxies scored {'was' if n == 1 else 'were'} in the run's training part (the same image file or integer id), "
+        "so their RMSE is not a score on unseen galaxies"
+    )
+
+
 def write_markdown(path: Path, report: dict) -> None:
     d, base = report["data"], report["baseline"]
     ttas = list(report["model"])
+    gz2 = schema.is_gz2(list(base["per_answer"]))  # the 37 answers: the tree and its questions; own labels: neither
+    tree = " tree inconsistency, max / mean abs |" if gz2 else ""
+    seen = in_training_sentence(d)
     lines = [
         f"# Evaluation of {report['checkpoint']}",
         "",
-        f"{d['galaxies']} galaxies ({d['known_cells']} known cells) of split `{d['split']}` in `{d['root']}`; "
+        f"{d['galaxies']} galaxies ({d['known_cells']} known cells) of split `{d['split']}` in `{d.get('catalog') or d['root']}`; "
         f"baseline: each column's mean over the run's {report['baseline_galaxies']} training galaxies.",
         "",
-        "| predictions | RMSE | tree inconsistency, max / mean abs | images/s |",
-        "|---|---|---|---|",
+        f"{seen[0].upper()}{seen[1:]}.",
+        "",
+        f"| predictions | RMSE |{tree} images/s |",
+        "|---|---|" + ("---|" if gz2 else "") + "---|",
         *(
-            f"| model, tta={n} | {r['rmse']:.5f} | {r['tree_inconsistency']['max_abs']:.3f} / {r['tree_inconsistency']['mean_abs']:.4f} | {r['images_per_second']:.1f} |"
+            f"| model, tta={n} | {r['rmse']:.5f} |"
+            + (f" {r['tree_inconsistency']['max_abs']:.3f} / {r['tree_inconsistency']['mean_abs']:.4f} |" if gz2 else "")
+            + f" {r['images_per_second']:.1f} |"
             for n, r in report["model"].items()
         ),
-        f"| training mean | {base['rmse']:.5f} | | |",
-        "",
-        "## RMSE per question",
-        "",
-        "| question | " + " | ".join(f"tta={n}" for n in ttas) + " | training mean |",
-        "|---|" + "---|" * (len(ttas) + 1),
-        *(
-            f"| Q{q.number} {q.text} | "
-            + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
-            + f" | {_number(base['per_question'][f'Q{q.number}'], 4)} |"
-            for q in schema.QUESTIONS
-            if f"Q{q.number}" in base["per_question"]  # the Kaggle answers only; own labels have none
-        ),
-        "",
-        "![RMSE per answer](rmse_per_answer.png)",
-        "",
-        "![predicted against true](pred_vs_true.png)",
+        f"| training mean | {base['rmse']:.5f} |" + (" |" if gz2 else "") + " |",
         "",
     ]
+    if gz2:
+        lines += [
+            "## RMSE per question",
+            "",
+            "| question | " + " | ".join(f"tta={n}" for n in ttas) + " | training mean |",
+            "|---|" + "---|" * (len(ttas) + 1),
+            *(
+                f"| Q{q.number} {q.text} | "
+                + " | ".join(_number(report["model"][n]["per_question"][f"Q{q.number}"], 4) for n in ttas)
+                + f" | {_number(base['per_question'][f'Q{q.number}'], 4)} |"
+                for q in schema.QUESTIONS
+            ),
+            "",
+        ]
+    else:
+        lines += [
+            "## RMSE per label",
+            "",
+            "| label | " + " | ".join(f"tta={n}" for n in ttas) + " | training mean |",
+            "|---|" + "---|" * (len(ttas) + 1),
+            *(
+                f"| {c} | " + " | ".join(_number(report["model"][n]["per_answer"][c], 4) for n in ttas) + f" | {_number(v, 4)} |"
+                for c, v in base["per_answer"].items()
+            ),
+            "",
+        ]
+    lines += ["![RMSE per answer](rmse_per_answer.png)", "", "![predicted against true](pred_vs_true.png)", ""]
     with atomic_open(path) as f:
         f.write("\n".join(lines))
 
@@ -194,30 +319,51 @@ def write_markdown(path: Path, report: dict) -> None:
 
 def evaluate(o: EvaluateOptions) -> dict:
     """Score ``o.ckpt`` on a labelled part; write the report files and return the report."""
+    config = o.config or o.ckpt.parent.parent / "config.yaml"
     cfg = read_run_config(o.ckpt, o.config)
-    check_split(o.ckpt, cfg, o.config or o.ckpt.parent.parent / "config.yaml")
-    run_data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress)
-    other = {k: str(v) for k, v in vars(o.data).items() if v is not None}
-    other_folder = "root" in other and Path(other["root"]).resolve() != Path(cfg.data.root).resolve()
-    data = GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress, **other) if other else run_data
-    split = o.split or ("all" if other_folder else "val")
-    out = o.out or o.ckpt.parent.parent / "eval" / (f"{Path(other['root']).name}-{split}" if other_folder else split)
+    given = {k: v for k, v in vars(o.data).items() if v is not None}
+    locate_run_data(cfg, config, o.ckpt, given)
+    check_split(o.ckpt, cfg, config)
+    overrides = scored_data_overrides(cfg, given)
+
+    def data_module(**options) -> GalaxyZooDataModule:
+        return GalaxyZooDataModule.from_config(cfg.data, seed=cfg.seed, progress=o.progress, **options)
+
+    run_data = data_module()
+    data = data_module(**overrides) if overrides else run_data
+    other = not same_galaxies(data, run_data)
+    if other:  # all of the other data (not the run's limit); no crop cache written into it, nor one of the run's data made for its mean
+        data, run_data = data_module(**overrides, limit=None, crop_cache=None), data_module(crop_cache=None)
+    split = o.split or ("all" if other else "val")
+    called = data.catalog_path.stem if data.catalog_path is not None else data.root.resolve().name
+    out = o.out or o.ckpt.parent.parent / "eval" / (f"{called}-{split}" if other else split)
+
+    # Every output checked before anything is scored: a wrong folder, or another evaluation writing it, ends here, not after the work.
     if o.predictions is not None:
         table_suffix(o.predictions, "predictions")
-        if o.predictions.exists() and not o.overwrite:
-            raise GzooError(f"{o.predictions} already exists; pass overwrite=true to replace it, or choose another predictions=.")
-    if not o.overwrite and any((out / name).exists() for name in OUTPUTS):
-        raise GzooError(f"{out} already holds an evaluation; pass overwrite=true to replace it, or out=<another folder>.")
+        if o.predictions.is_dir():
+            raise GzooError(f"predictions={o.predictions} is a folder; give the file to write, e.g. predictions={o.predictions / 'predictions.csv'}.")
+    with ExitStack() as held:
+        held.enter_context(output_lock(out, "out", overwrite=True))  # the report's own files are checked next, under the lock
+        if o.predictions is not None:
+            held.enter_context(output_lock(o.predictions, "predictions", o.overwrite))
+        if not o.overwrite and any((out / name).exists() for name in OUTPUTS):
+            raise GzooError(f"{out} already holds an evaluation; pass overwrite=true to replace it, or out=<another folder>.")
+        return _score(o, data, run_data, split, out)
 
+
+def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDataModule, split: str, out: Path) -> dict:
+    """Score the checkpoint on ``split`` of ``data`` (baseline: ``run_data``'s training mean); write the report into ``out``."""
     data.setup()
     ids, true = data.ids(split), data.labels(split)
+    source = data.catalog_path or data.root
     if len(ids) == 0:
         raise GzooError(
-            f"split={split} of {data.root} is empty (data.val_fraction={data.val_fraction}, data.test_fraction={data.test_fraction}); choose another split."
+            f"split={split} of {source} is empty (data.val_fraction={data.val_fraction}, data.test_fraction={data.test_fraction}); choose another split."
         )
     run_data.setup()
     net = load_net(o.ckpt, o.device).set_speed(channels_last=True)
-    say(f"evaluating {o.ckpt} on {len(ids)} galaxies (split={split} of {data.root}), tta={','.join(map(str, o.tta))}")
+    say(f"evaluating {o.ckpt} on {len(ids)} galaxies (split={split} of {source}), tta={','.join(map(str, o.tta))}")
 
     report = {
         "checkpoint": str(o.ckpt),
@@ -225,25 +371,27 @@ def evaluate(o: EvaluateOptions) -> dict:
         "data": {
             "root": str(data.root),
             "labels_csv": data.labels_path.name,
+            **({"catalog": str(data.catalog_path)} if data.catalog_path is not None else {}),
             "split": split,
             "galaxies": len(ids),
             "known_cells": int((~np.isnan(true)).sum()),
+            "in_training": count_in_training(data, ids, run_data),  # the same image file or integer id as a training galaxy
         },
         "baseline_galaxies": len(run_data.ids("train")),
         "baseline": rmse_table(mean_prediction(run_data.train_mean(), len(ids)), true, data.columns),
         "ids": [i.item() if isinstance(i, np.generic) else i for i in ids],
         "model": {},
     }
+    say(in_training_sentence(report["data"]))
     preds = {}
     for n in o.tta:
         start = time.perf_counter()
         loader = data.loader(split, views=tuple(tta_angles(n)), batch_size=o.batch_size, num_workers=o.num_workers)
         preds[n] = np.concatenate([b["pred"] for b in predict_loader(net, loader, n, o.precision, o.progress)])
         seconds = time.perf_counter() - start
-        report["model"][str(n)] = rmse_table(preds[n], true, data.columns) | {
-            "tree_inconsistency": schema.tree_inconsistency(preds[n]) if schema.is_gz2(data.columns) else {"max_abs": float("nan"), "mean_abs": float("nan")},
-            "images_per_second": len(ids) / seconds,
-        }
+        report["model"][str(n)] = rmse_table(preds[n], true, data.columns) | {"images_per_second": len(ids) / seconds}
+        if schema.is_gz2(data.columns):  # the decision tree applies to the 37 answers only
+            report["model"][str(n)]["tree_inconsistency"] = schema.tree_inconsistency(preds[n])
         say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
 
     best = max(o.tta)
@@ -270,7 +418,8 @@ def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, ti
         tb.add_scalar("eval/rmse/baseline", report["baseline"]["rmse"])
         for n, r in report["model"].items():
             tb.add_scalar(f"eval/rmse/tta{n}", r["rmse"])
-            tb.add_scalar(f"eval/tree_inconsistency_max/tta{n}", r["tree_inconsistency"]["max_abs"])
+            if "tree_inconsistency" in r:
+                tb.add_scalar(f"eval/tree_inconsistency_max/tta{n}", r["tree_inconsistency"]["max_abs"])
             for q, value in r["per_question"].items():
                 tb.add_scalar(f"eval/rmse_{q}/tta{n}", value)
         for name, fig in figures.items():

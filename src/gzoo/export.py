@@ -7,10 +7,13 @@ The exported network takes a float32 batch (N, 3, S, S) of normalised images (th
 crop resized to S x S, RGB / 255, then (x - mean) / std per channel) and returns the 37 vote
 fractions (N, 37) in Kaggle column order. ``<out>.json`` beside it records S, the crop,
 mean, std, the columns and the head. :func:`load_exported` runs either file from numpy.
+The two files appear together or not at all: a failed export (a full disk) leaves any earlier
+pair as it was, and a second export to the same out while one runs is refused.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import warnings
@@ -22,7 +25,7 @@ import torch
 
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
-from gzoo.io import atomic_write_text
+from gzoo.io import atomic_write_together, output_lock, write_failure
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import GalaxyNet
@@ -45,60 +48,73 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write the checkpoint's network as ONNX or TorchScript plus its sidecar; returns the file's path."""
+    """Write the checkpoint's network as ONNX or TorchScript plus its sidecar; returns the file's path.
+
+    Before the work, ``out``'s folder is made and tried and ``.<out's name>.lock`` beside it is taken (a second
+    export to the same ``out`` is refused); the model and its sidecar are made in memory, then written to
+    temporary files beside their targets and renamed into place together (gzoo.io.atomic_write_together):
+    on a full disk both earlier files are left as they were and one sentence says why.
+    """
     if format not in SUFFIX:
         raise GzooError(f"format must be one of {', '.join(SUFFIX)}, got {format!r}.")
     out = Path(out) if out else Path(ckpt).with_suffix(SUFFIX[format])
     if out.suffix != SUFFIX[format]:
         raise GzooError(f"out={out} must end in {SUFFIX[format]} for format={format}.")
-    for path in (out, sidecar_path(out)):
-        if path.exists() and not overwrite:
-            raise GzooError(f"{path} already exists; pass overwrite=true to replace it.")
-
-    network = load_net(ckpt)
-    example = torch.zeros(2, 3, network.image_size, network.image_size)  # float: the exported file takes normalised images
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        if format == "onnx":
-            _write_onnx(network, example, out)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "TorchScript is deprecated": the user asked for it
-                torch.jit.save(torch.jit.trace(network, example), str(out))
-    meta = {
-        "format": format,
-        "image_size": network.image_size,
-        "crop_fraction": network.crop_fraction,
-        "mean": list(network.mean),
-        "std": list(network.std),
-        "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
-        "output": f"float32 (N, {len(network.labels)}): vote fractions in the order of columns",
-        "columns": list(network.labels),
-        "head": network.head,
-        "timm_name": network.timm_name,
-        "checkpoint": str(ckpt),
-    }
-    atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
+    with output_lock(out, "out", overwrite, also=[sidecar_path(out)]):
+        network = load_net(ckpt)
+        example = torch.zeros(2, 3, network.image_size, network.image_size)  # float: the exported file takes normalised images
+        with torch.no_grad():
+            model = _onnx_bytes(network, example) if format == "onnx" else _torchscript_bytes(network, example)
+        meta = {
+            "format": format,
+            "image_size": network.image_size,
+            "crop_fraction": network.crop_fraction,
+            "mean": list(network.mean),
+            "std": list(network.std),
+            "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
+            "output": f"float32 (N, {len(network.labels)}): vote fractions in the order of columns",
+            "columns": list(network.labels),
+            "head": network.head,
+            "timm_name": network.timm_name,
+            "checkpoint": str(ckpt),
+        }
+        try:
+            atomic_write_together({out: model, sidecar_path(out): (json.dumps(meta, indent=2) + "\n").encode()})
+        except OSError as e:
+            said = write_failure(OSError(e.errno, e.strerror), out, "the exported model")  # the target's name, not the temporary file's
+            raise GzooError(
+                f"{said}; neither it nor {sidecar_path(out).name} was changed (nothing half-written is left); "
+                "free space there or choose another out=, then run the same command again."
+            ) from None
     return out
 
 
-def _write_onnx(network: GalaxyNet, example: torch.Tensor, out: Path) -> None:
+def _torchscript_bytes(network: GalaxyNet, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "TorchScript is deprecated": the user asked for it
+        torch.jit.save(torch.jit.trace(network, example), buffer)
+    return buffer.getvalue()
+
+
+def _onnx_bytes(network: GalaxyNet, example: torch.Tensor) -> bytes:
+    """The network as one self-contained ONNX file's bytes (fine below 2 GB; b7 is about 260 MB)."""
     try:
         import onnx  # noqa: F401  (torch.onnx needs both)
         import onnxscript  # noqa: F401
     except ImportError:
         raise GzooError("exporting to ONNX needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.") from None
-    torch.onnx.export(
+    program = torch.onnx.export(
         network,
         (example,),
-        str(out),
+        None,  # not written here: gzoo.io writes the bytes beside the sidecar, atomically
         input_names=["image"],
         output_names=["fractions"],
         dynamic_shapes={"x": {0: torch.export.Dim("batch")}},  # GalaxyNet.forward(x)
-        external_data=False,  # one self-contained file (fine below 2 GB; b7 is about 260 MB)
         dynamo=True,
         verbose=False,
     )
+    return program.model_proto.SerializeToString()
 
 
 class ExportedModel:

@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gzoo.data import EpochSampler, GalaxyZooDataModule, make_loader, seed_of
+from gzoo.data.datamodule import next_epoch
 from gzoo.errors import GzooError
-from gzoo.io import atomic_torch_save
+from gzoo.io import atomic_torch_save, remove_stale_temporaries
 from gzoo.log import say
 from gzoo.net import PRECISIONS, GalaxyNet, autocast
 
@@ -113,7 +114,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.val_set = FeatureDataset(val, dm.labels("val"), dm.ids("val"), dm.seed)
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0  # a resumed run's first epoch
+        epoch = next_epoch(self.trainer) if self.trainer is not None else 0  # a resumed run's first epoch is not 0
         sampler = EpochSampler(len(self.train_set), self.dm.seed, epoch)
         return make_loader(self.train_set, self.dm.batch_size, sampler=sampler)
 
@@ -129,20 +130,39 @@ def feature_datamodule(net: GalaxyNet, dm: GalaxyZooDataModule, views: int, fold
     precision = precision if precision in PRECISIONS else "32-true"
     key = cache_key(net, dm, views)
     path = folder / f"features-{key}.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        say(f"features of the frozen body from {path}")
-        return FeatureDataModule(dm, cached["train"], cached["val"])
     n_train, n_val = len(dm.ids("train")), len(dm.ids("val"))
+    if path.is_file():
+        cached = read_cache(path, n_train, n_val, views)
+        if cached is not None:
+            say(f"features of the frozen body from {path}")
+            return FeatureDataModule(dm, cached["train"], cached["val"])
     say(f"caching the frozen body's features: {n_train} training galaxies x {views} views + {n_val} validation galaxies, once")
     loader = lambda part: dm.loader(part, views=(0.0,), num_workers=dm.num_workers)  # the evaluation view, one per galaxy
-    train = compute_features(net, loader("train"), views, precision, "features (train)")
-    val = compute_features(net, loader("val"), 1, precision, "features (val)") if n_val else torch.zeros(0, 1, net.body.num_features).half()
+    with torch.random.fork_rng(devices=[]):  # the loaders draw their seeds from torch's generator: the run's own draws stay as without a cache
+        train = compute_features(net, loader("train"), views, precision, "features (train)")
+        val = compute_features(net, loader("val"), 1, precision, "features (val)") if n_val else torch.zeros(0, 1, net.body.num_features).half()
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("features-*.pt"):  # made for other images, weights or views
         old.unlink()
+    for old in folder.glob(".features-*.pt.*.tmp"):  # the temporary files of builds that were killed
+        remove_stale_temporaries(old.parent / old.name[1:].rsplit(".", 2)[0])
     cache = {"train": train, "val": val, "ids": {"train": dm.ids("train").tolist(), "val": dm.ids("val").tolist()}, "views": views}
     atomic_torch_save(cache, path, "the feature cache", "free space there or set paths.output_root to another disk")
     size = path.stat().st_size / 2**20
     say(f"cached {size:.1f} MB of features in {path}")
     return FeatureDataModule(dm, train, val)
+
+
+def read_cache(path: Path, n_train: int, n_val: int, views: int) -> dict | None:
+    """The feature cache in ``path`` when it reads whole and holds features of the expected shape; else None,
+    said in one line (a file cut short by a kill or a full disk, or damaged), so that it is computed again."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        train, val = cached["train"], cached["val"]
+        if tuple(train.shape[:2]) != (n_train, views) or val.shape[0] != n_val or train.shape[2:] != val.shape[2:]:
+            raise ValueError(f"it holds {tuple(train.shape)} and {tuple(val.shape)} features, not {n_train} x {views} and {n_val}")
+    except Exception as e:  # a truncated zip, a damaged pickle, another content: torch raises many kinds
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        say(f"the feature cache {path} cannot be used ({reason[:200]}); computing it again")
+        return None
+    return cached

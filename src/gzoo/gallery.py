@@ -1,14 +1,15 @@
 """Galleries: the galaxies a model is most sure show a given answer.
 
-    python -m gzoo.gallery predictions=CSV images=DIR answer=Class4.1 [k=16] [out=FILE.png] [crop=0.5]
+    python -m gzoo.gallery predictions=FILE.csv|FILE.parquet images=DIR answer=Class4.1 [k=16] [out=FILE.png] [crop=0.5]
 
 A PNG grid of the k galaxies with the highest predicted value for ``answer`` (one of the
-37 Kaggle columns), each captioned with its GalaxyID and that value. ``answer=seed`` draws
+37 Kaggle columns), each captioned with its id and that value. ``answer=seed`` draws
 the answers the seed report shows, one block of rows per answer, in one tall figure.
-``predictions`` is a Kaggle-format CSV (e.g. from gzoo.predict); ``images`` the folder of
-<GalaxyID>.jpg it was made from. Each tile shows the central ``crop`` of the image (0.5 =
-what the model sees; 1 = the whole frame). The default out is beside the predictions:
-<predictions>_gallery_<answer>.png.
+``predictions`` is a table as gzoo.predict writes it (CSV or Parquet by its extension): the id
+column, GalaxyID (integers) or id_str (names), then the answers. ``images`` is the folder it was
+made from, each galaxy's image named <id> plus any suffix gzoo reads (see gzoo.images). Each tile
+shows the central ``crop`` of the image (0.5 = what the model sees; 1 = the whole frame). The
+default out is beside the predictions: <predictions>_gallery_<answer>.png.
 """
 
 from __future__ import annotations
@@ -23,23 +24,27 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
+from gzoo.data.catalog import galaxy_id
 from gzoo.errors import GzooError
-from gzoo.images import load_image
+from gzoo.images import IMAGE_SUFFIXES, index_images, load_image
+from gzoo.io import table_suffix
 from gzoo.log import say
 from gzoo.transforms import central_crop
 
 #: The answers whose galleries the seed report shows (its Figures 23-31 and more).
 SEED_ANSWERS = ("Class1.1", "Class1.3", "Class2.1", "Class3.1", "Class4.1", "Class5.1", "Class5.2", "Class5.4", "Class6.1", "Class11.1", "Class11.3")
 TILE, GAP, CAPTION, TITLE = 160, 6, 18, 26  # pixels: tile side, space between tiles, caption and title heights
+#: The id columns of gzoo.predict's tables: Kaggle's integer GalaxyID, or id_str (names) when an id is not all digits.
+ID_COLUMNS = (schema.ID_COLUMN, "id_str")
 
 
 @dataclass
 class GalleryOptions:
-    predictions: Path = option(REQUIRED, "a Kaggle-format predictions CSV (e.g. from gzoo.predict)")
-    images: Path = option(REQUIRED, "the folder of <GalaxyID>.jpg the predictions were made from")
+    predictions: Path = option(REQUIRED, "a predictions table from gzoo.predict (.csv or .parquet): GalaxyID or id_str, then the answers")
+    images: Path = option(REQUIRED, "the folder of images (<id>.jpg, .png, .fits ...) the predictions were made from")
     answer: str = option(REQUIRED, "one of the 37 answers (Class1.1 ... Class11.6), or seed: the seed report's 11")
     k: int = option(16, "galaxies shown per answer", low=1)
-    out: Path | None = option(None, "the PNG to write (default <predictions>_gallery_<answer>.png beside the CSV)")
+    out: Path | None = option(None, "the PNG to write (default <predictions>_gallery_<answer>.png beside the predictions)")
     crop: float = option(0.5, "the central fraction of each image shown (0.5 = what the model sees; 1 = the whole frame)")
 
 
@@ -50,23 +55,48 @@ def answer_label(column: str) -> str:
     return f"{column} {q.text} {q.answers[answer - 1]}"
 
 
+def id_column_of(table: pd.DataFrame) -> str | None:
+    """The table's id column (GalaxyID or id_str), or None."""
+    return next((c for c in ID_COLUMNS if c in table.columns), None)
+
+
 def read_predictions(path: Path, columns: list[str]) -> pd.DataFrame:
-    """GalaxyID and the asked columns of a Kaggle-format predictions CSV."""
+    """The id column and the asked columns of a predictions table (CSV or Parquet by its extension)."""
     if not path.is_file():
         raise GzooError(f"predictions file {path} not found; make one with `python -m gzoo.predict`.")
+    suffix = table_suffix(path, "predictions")
     try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise GzooError(f"predictions file {path} is not a readable CSV ({e}).") from None
-    missing = [c for c in (schema.ID_COLUMN, *columns) if c not in table.columns]
-    if missing:
-        raise GzooError(f"predictions file {path} has no column {missing[0]}; it should have the Kaggle header GalaxyID,Class1.1,...,Class11.6.")
-    return table[[schema.ID_COLUMN, *columns]]
+        if suffix == ".parquet":
+            table = pd.read_parquet(path)
+        else:  # names stay text ("0042" is not 42); GalaxyIDs are integers
+            table = pd.read_csv(path, dtype={"id_str": str})
+    except Exception as e:  # pandas and pyarrow raise many kinds for damaged files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GzooError(f"predictions file {path} is not a readable {suffix[1:]} file ({reason}).") from None
+    id_column = id_column_of(table)
+    missing = [c for c in columns if c not in table.columns]
+    if id_column is None or missing:
+        what = "id column (GalaxyID or id_str)" if id_column is None else f"column {missing[0]}"
+        raise GzooError(f"predictions file {path} has no {what}; it should be a table from gzoo.predict: GalaxyID or id_str, then Class1.1 ... Class11.6.")
+    blank = table[id_column].isna() | (table[id_column].astype(str).str.strip() == "")
+    if blank.any():
+        raise GzooError(f"predictions file {path}, row {int(blank.to_numpy().argmax()) + 2}: the id column {id_column} is empty.")
+    return table[[id_column, *columns]]
 
 
 def top_k(table: pd.DataFrame, column: str, k: int) -> pd.DataFrame:
-    """The k rows with the highest value in ``column`` (ties: lower GalaxyID first)."""
-    return table.sort_values([column, schema.ID_COLUMN], ascending=[False, True]).head(k)
+    """The k rows with the highest value in ``column`` (ties: lower id first)."""
+    return table.sort_values([column, id_column_of(table)], ascending=[False, True]).head(k)
+
+
+def image_of(found: dict, images: Path, gid) -> Path:
+    """The image file of galaxy ``gid`` (a table's id) in the folder ``images`` (``found``: gzoo.images.index_images's by_id)."""
+    path = found.get(galaxy_id(gid))  # "100150" and 100150 are one galaxy, as file names make them
+    if path is None:
+        raise GzooError(
+            f"image of galaxy {gid} cannot be read: {images} has no file {gid}{'|'.join(IMAGE_SUFFIXES)}; images= must be the folder the predictions were made from."
+        )
+    return path
 
 
 def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1", k: int = 16, out: str | Path | None = None, crop: float = 0.5) -> Path:
@@ -79,6 +109,10 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
         raise GzooError(f"k must be >= 1 and crop in (0, 1], got k={k}, crop={crop}.")
     out = Path(out) if out else predictions.with_name(f"{predictions.stem}_gallery_{answer}.png")
     table = read_predictions(predictions, answers)
+    id_column = table.columns[0]
+    if not images.is_dir():
+        raise GzooError(f"image folder {images} cannot be read (it is not a folder); images= must be the folder the predictions were made from.")
+    found = index_images(images).by_id
 
     # Each answer: a title line, then rows of tiles, each tile under its caption.
     cols = min(k, 8)
@@ -92,18 +126,29 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
         top = top_k(table, column, k)
         y0 = s * section_h
         draw.text((GAP, y0 + 5), f"{answer_label(column)}: top {len(top)} of {len(table)}", fill="black", font=title_font)
-        for j, (gid, value) in enumerate(zip(top[schema.ID_COLUMN], top[column])):
+        for j, (gid, value) in enumerate(zip(top[id_column], top[column])):
             x, y = (j % cols) * cell_w + GAP // 2, y0 + TITLE + (j // cols) * cell_h
-            path = images / f"{int(gid)}.jpg"
+            path = image_of(found, images, gid)
             try:
                 pixels = central_crop(load_image(path), crop)
-            except Exception as e:  # missing, or not an image
+            except GzooError:
+                raise  # a FITS file without astropy: its own sentence
+            except Exception as e:  # not an image
                 raise GzooError(f"image {path} cannot be read ({e}); images= must be the folder the predictions were made from.") from None
-            draw.text((x, y + 2), f"{int(gid)}  {value:.3f}", fill="black", font=caption_font)
+            draw.text((x, y + 2), caption(str(gid), value, caption_font), fill="black", font=caption_font)
             sheet.paste(Image.fromarray(pixels).resize((TILE, TILE), Image.LANCZOS), (x, y + CAPTION))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def caption(gid: str, value: float, font) -> str:
+    """``<id>  <value>``, a long id cut short (ending in an ellipsis) to fit under a tile."""
+    for n in range(len(gid), 4, -1):
+        text = f"{gid if n == len(gid) else gid[: n - 1] + '…'}  {value:.3f}"
+        if font.getlength(text) <= TILE:
+            return text
+    return text if len(gid) > 4 else f"{gid}  {value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

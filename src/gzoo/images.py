@@ -7,6 +7,7 @@ images are scaled to 8 bit by the range of their type, never clipped), FITS cuto
 astropy with the stretch of :class:`FitsStretch`. :func:`image_id` is the galaxy id a file name
 gives; :func:`index_images` lists a folder's images by id (two files of one galaxy are an error
 naming both); :func:`check_image` is the quick scan the data module runs before training.
+Both refuse an image with a side under :data:`MIN_SIDE` pixels (:func:`size_problem`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ FITS_SUFFIXES = (".fits", ".fits.gz")
 _LONGEST_FIRST = sorted(IMAGE_SUFFIXES, key=len, reverse=True)  # .fits.gz before any shorter ending
 
 GalaxyId = int | str
+
+#: The fewest pixels an image may have on each side. The transforms keep the central ``data.crop_fraction``
+#: of each side (0.5 by default, so an 8 px side leaves 4 px: the crop of any fraction from 1/16 up is at
+#: least one pixel) and the training warp reflects at the frame's edges, which needs two pixels; a side
+#: of 0 or 1 px ends in an OpenCV or division error deep in a loader worker. One rule, in one place:
+#: the scan (:func:`check_image`) and the decoder (:func:`load_image`) both apply :func:`size_problem`.
+MIN_SIDE = 8
 
 
 # ----------------------------------------------------------------------------- names
@@ -185,13 +193,29 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def size_problem(width: int, height: int) -> str | None:
+    """None if an image of ``width`` x ``height`` px is large enough for gzoo (:data:`MIN_SIDE`), else the reason."""
+    if min(width, height) < MIN_SIDE:
+        return f"is {width}x{height} px, smaller than the {MIN_SIDE} px a side gzoo needs"
+    return None
+
+
 def load_image(path: str | Path, fits: FitsStretch | None = None) -> np.ndarray:
     """Decode an image file to an RGB uint8 array (H, W, 3).
 
     JPEGs (by content, whatever the name) go through simplejpeg (libjpeg-turbo, the same pixels as
     PIL, about 3x faster); anything it cannot read (PNG, TIFF, CMYK JPEG) through PIL; ``.fits`` and
-    ``.fits.gz`` through astropy, stretched by ``fits`` (default :class:`FitsStretch`).
+    ``.fits.gz`` through astropy, stretched by ``fits`` (default :class:`FitsStretch`). An image with a
+    side under :data:`MIN_SIDE` px is a ValueError saying so, as an undecodable file is.
     """
+    image = _decode(path, fits)
+    problem = size_problem(image.shape[1], image.shape[0])
+    if problem:
+        raise ValueError(problem)
+    return image
+
+
+def _decode(path: str | Path, fits: FitsStretch | None) -> np.ndarray:
     if image_suffix(path) in FITS_SUFFIXES:
         return fits_to_rgb(read_fits(path), fits or FitsStretch())
     data = Path(path).read_bytes()
@@ -205,7 +229,8 @@ def load_image(path: str | Path, fits: FitsStretch | None = None) -> np.ndarray:
 
 
 def check_image(path: str | Path) -> str | None:
-    """None if the image decodes; otherwise the reason it does not (a quick scan: 1/8 scale for JPEGs).
+    """None if the image decodes and is large enough (:func:`size_problem`); otherwise the reason it is not
+    (a quick scan: 1/8 scale for JPEGs).
 
     A FITS file needs astropy: without it this is a GzooError saying how to install it, not a bad image.
     """
@@ -214,6 +239,9 @@ def check_image(path: str | Path) -> str | None:
             load_image(path)
         else:
             with Image.open(path) as im:
+                problem = size_problem(im.width, im.height)  # from the header, before any decode
+                if problem:
+                    return problem
                 im.draft("RGB", (im.width // 8, im.height // 8))  # decode at 1/8 scale: fast, still reads every byte
                 im.load()
                 _pil_to_rgb(im)

@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -52,7 +52,47 @@ def write_failure(e: OSError, path: Path | str, what: str = "") -> str:
         return f"could not write {name}: the disk holding {folder} is full ({e.strerror})"
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"could not write {name}: {folder} is not writable ({e.strerror})"
+    blocker = file_in_the_way(path) if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT) else None
+    if blocker is not None:
+        return f"could not write {name}: {blocker} is a file, not a folder"
+    if e.errno == errno.EISDIR:
+        return f"could not write {name}: it is a folder"
     return f"could not write {name} ({e.strerror or e})"
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file (not a folder) that stands where one of ``path``'s folders should be, or None."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+#: errno values of an OSError that surely comes from writing: a full disk, a quota, a file too large, a read-only disk.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+#: errno values of an OSError that is the user's to fix (a disk, a permission, a path), not a fault of gzoo.
+USER_ERRNOS = WRITE_ERRNOS | {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EIO,
+}
+
+
+def os_failure(e: OSError) -> str:
+    """One sentence (ending in what to do) for an OSError of :data:`USER_ERRNOS` that reached a tool's front door:
+    :func:`write_failure`'s words for a write; for what may be a read or a write, the path and the reason."""
+    path = getattr(e, "filename2", None) or getattr(e, "filename", None) or "a file"
+    if e.errno in WRITE_ERRNOS:
+        return f"{write_failure(e, path)}; free space there or write to another folder, then run the same command again."
+    blocker = file_in_the_way(path) if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT) and path != "a file" else None
+    reason = f"{blocker} is a file, not a folder" if blocker is not None else e.strerror or str(e)
+    return f"could not read or write {path} ({reason}); fix that path or choose another, then run the same command again."
 
 
 class _WriteErrors:
@@ -163,27 +203,128 @@ def lock_folder(folder: str | Path, advice: str = "wait for it to end") -> Itera
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     lock = (folder / LOCK_NAME).absolute()
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
-    record["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"]))
-    _take(lock, json.dumps(record), advice)
+    _take(lock, _lock_record(), advice)
     _held.add(lock)
     try:
         yield lock
     finally:
         _held.discard(lock)
         lock.unlink(missing_ok=True)
-        for p in made:  # deepest first; stops at the first one something else was written into
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)  # deepest first; stops at the first one something else was written into
 
 
-def _take(lock: Path, record: str, advice: str) -> None:
-    """Create ``lock`` holding ``record`` (complete or not at all: a hard link of a finished file), taking over a stale one."""
-    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
-    tmp.write_text(record)
+def _lock_record() -> str:
+    """What a lock file holds: this process's pid, host, start time and command, as JSON."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+    record["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"]))
+    return json.dumps(record)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: the ones a call made and nothing was written into."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
+def output_lock_path(path: str | Path) -> Path:
+    """The lock file of an output file: ``out/sub.csv`` -> ``out/.sub.csv.lock`` (see :func:`output_lock`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def output_lock(path: str | Path, key: str = "out", overwrite: bool = False, also: Sequence[str | Path] = (), what: str = "") -> Iterator[Path]:
+    """Hold the lock of the output ``path`` (a file or a folder) while a tool computes and writes it; yields the lock file.
+
+    Everything that can be checked about writing ``path`` is checked here, before the work: its folder can be
+    made and written to (the lock file, ``.<name>.lock`` beside ``path``, is the probe: a full or read-only
+    disk or a path component that is a file is a GzooError naming ``path`` and ``key``); no other run is
+    writing it (a second writer is refused, naming the first; a lock whose process no longer runs is taken
+    over); and, under the lock, ``path`` and each of ``also`` (e.g. a sidecar) do not exist unless ``overwrite``.
+    The folders made for the lock are removed again on release if nothing was written into them.
+    """
+    path = Path(path)
+    lock = output_lock_path(path).absolute()
+    made = [p for p in lock.parents if not p.exists()]
+    name = f"{what} {path}".strip()
     try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        _take(lock, _lock_record(), f"wait for it to end or choose another {key}=", what=name)
+    except OSError as e:
+        _remove_empty(made)
+        said = write_failure(OSError(e.errno, e.strerror), path, what)  # names the output, not the lock file
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise GzooError(f"{said}; {'free space there or ' if full else ''}choose another {key}=.") from None
+    except BaseException:
+        _remove_empty(made)
+        raise
+    _held.add(lock)
+    try:
+        for p in (path, *map(Path, also)):
+            if (p.exists() or p.is_symlink()) and not overwrite:
+                raise GzooError(f"{p} already exists; pass overwrite=true to replace it, or choose another {key}=.")
+        yield lock
+    finally:
+        _held.discard(lock)
+        lock.unlink(missing_ok=True)
+        _remove_empty(made)
+
+
+def atomic_write_together(files: Mapping[str | Path, bytes]) -> None:
+    """Write files that belong together (a model and its sidecar) so that they appear together or not at all.
+
+    Each is written to a hidden temporary file beside it (``.<name>.<pid>.tmp``, as :func:`atomic_open` names
+    them) and synced; only when every one is complete are they renamed into place. A failed write (a full
+    disk) leaves every earlier file as it was and no temporary file; if a rename fails, the files already
+    renamed are put back as they were (kept meanwhile as hard links ``.<name>.<pid>.old``). Only a kill in
+    the microseconds between two renames could leave a new file beside an old one.
+    """
+    items = [(Path(p), data) for p, data in files.items()]
+    tmps: list[Path] = []
+    backups: dict[Path, Path] = {}
+    done: list[Path] = []
+    try:
+        for path, data in items:
+            remove_stale_temporaries(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmps.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, _ in items:
+            if path.is_file():
+                backup = path.with_name(f".{path.name}.{os.getpid()}.old")
+                backup.unlink(missing_ok=True)
+                try:
+                    os.link(path, backup)
+                    backups[path] = backup
+                except OSError:
+                    pass  # no hard links here: the renames below are then not undone
+        for (path, _), tmp in zip(items, tmps):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException:
+        for path in reversed(done):
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        for p in (*tmps, *backups.values()):
+            p.unlink(missing_ok=True)
+
+
+def _take(lock: Path, record: str, advice: str, what: str | None = None) -> None:
+    """Create ``lock`` holding ``record`` (complete or not at all: a hard link of a finished file), taking over a stale one.
+    ``what`` names what the lock guards in the refusal (default: the lock's folder)."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(record)  # inside the try: a full disk can create the file and then fail to write it
         for _ in range(5):
             try:
                 _create(tmp, lock, record)
@@ -197,7 +338,7 @@ def _take(lock: Path, record: str, advice: str) -> None:
             holder = _parse_lock(text)
             if holder is not None and _holder_runs(lock, holder):
                 raise GzooError(
-                    f"{lock.parent} is in use by another run (pid {holder['pid']} on {holder['host']}, started {holder.get('started_at', '?')}: "
+                    f"{what or lock.parent} is in use by another run (pid {holder['pid']} on {holder['host']}, started {holder.get('started_at', '?')}: "
                     f"{holder.get('command') or 'command unknown'}); {advice}, or delete {lock} if that run is no longer running."
                 )
             aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
@@ -214,7 +355,7 @@ def _take(lock: Path, record: str, advice: str) -> None:
             if holder is not None:
                 from gzoo.log import say
 
-                say(f"took over the lock of {lock.parent} from pid {holder['pid']} on {holder['host']}, which no longer runs")
+                say(f"took over the lock of {what or lock.parent} from pid {holder['pid']} on {holder['host']}, which no longer runs")
         raise GzooError(f"could not take the lock {lock}: other runs keep taking it; {advice}.")
     finally:
         tmp.unlink(missing_ok=True)
@@ -263,3 +404,15 @@ def _holder_runs(lock: Path, holder: dict) -> bool:
         return True
     started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     return fields[0] != "Z" and started <= float(holder.get("started", 0)) + 2.0
+
+
+def folder_in_use(folder: str | Path) -> str | None:
+    """Who holds ``folder``'s lock (see :func:`lock_folder`) while that process still runs, in words, or None."""
+    lock = Path(folder).absolute() / LOCK_NAME
+    try:
+        holder = _parse_lock(lock.read_text())
+    except OSError:
+        return None
+    if holder is None or not _holder_runs(lock, holder):
+        return None
+    return f"pid {holder['pid']} on {holder['host']}, started {holder.get('started_at', '?')}: {holder.get('command') or 'command unknown'}"

@@ -150,6 +150,35 @@ class GalaxyZooModule(L.LightningModule):
         return configure_optim(self.net.body, self.net.tail, self.hparams.optim, steps, epochs)
 
 
+#: What makes two checkpoints the same network: the hyper-parameters a resumed run must share with its checkpoint,
+#: each with the run option that sets it.
+NETWORK_KEYS = {"timm_name": "model.timm_name", "image_size": "model.image_size", "hidden": "model.hidden", "head": "model.head", "labels": "data.labels"}
+NETWORK_KEYS |= {"crop_fraction": "data.crop_fraction"}
+
+
+def read_checkpoint(path: str | Path, option: str) -> dict:
+    """A gzoo checkpoint file as a dict (its "state_dict" and "hyper_parameters" present), or a GzooError that
+    names ``option`` (e.g. ``phase.init_from``) and the file: missing, cut short, or not a gzoo checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise GzooError(f"{option}={path}: no such checkpoint file.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated zip, a file of another kind: torch raises many kinds
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GzooError(
+            f"{option}={path} cannot be read as a checkpoint ({reason}); it may be cut short by a kill or a full disk: point {option} at a complete checkpoint."
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise GzooError(f"{option}={path} is not a checkpoint written by gzoo.train (no state_dict and hyper_parameters).")
+    return ckpt
+
+
+def network_of(hparams: dict) -> dict:
+    """The :data:`NETWORK_KEYS` of a module's hyper-parameters; labels None means the 37 Kaggle answers."""
+    return {key: hparams.get(key) for key in NETWORK_KEYS}
+
+
 def load_net(ckpt: str | Path, device: str = "cpu") -> GalaxyNet:
     """The trained network of a checkpoint, in eval mode on ``device`` (auto, cpu, cuda...); never downloads."""
     dev = resolve_device(device)

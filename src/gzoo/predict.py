@@ -18,6 +18,9 @@ image rotated by N evenly spaced angles (0, 360/N, ...) before the crop.
 
 The table's format follows out's extension (.csv or .parquet). It is written to a hidden temporary
 file beside ``out`` and renamed only when complete, so a partial file never appears under ``out``.
+Before any image is read, out's folder is made and tried (a full or read-only disk, or a path component
+that is a file, is one sentence then, not after the predictions), and ``.<out's name>.lock`` beside it is
+taken for the whole run: a second run writing the same out is refused, naming the first.
 An unreadable image is an error naming it; with on_bad_image=skip it is left out, listed at the end
 and in FILE.csv.skipped.txt.
 """
@@ -42,7 +45,7 @@ from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import BAD_IMAGE_MODES, GalaxyZooDataset, make_loader
 from gzoo.errors import GzooError
 from gzoo.images import FITS_SUFFIXES, IMAGE_SUFFIXES, FitsStretch, GalaxyId, id_sort_key, ids_by_file, image_suffix, index_images, need_fits_reader
-from gzoo.io import atomic_open, table_suffix, write_table
+from gzoo.io import atomic_open, output_lock, table_suffix, write_failure, write_table
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import PRECISIONS, GalaxyNet, autocast
@@ -161,7 +164,7 @@ def id_column_name(ids: Sequence[GalaxyId]) -> str:
 
 def predict_table(
     net: GalaxyNet,
-    paths: Sequence[Path],
+    paths: Sequence[Path | np.ndarray],
     ids: Sequence[GalaxyId],
     id_name: str | None = None,
     tta: int = 1,
@@ -172,23 +175,27 @@ def predict_table(
     progress: bool = False,
     fits: FitsStretch | None = None,
     features: bool = False,
-) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
-    """The table of image files: the id column (``id_name``, default :func:`id_column`), then one column per
+) -> tuple[pd.DataFrame, list[tuple[Path | str, str]]]:
+    """The table of image files (or decoded RGB uint8 arrays): the id column (``id_name``, default :func:`id_column`), then one column per
     answer (Class1.1 ...), or with ``features=True`` one per pooled body feature (feature_0 ...), one row per
-    readable image in the order given; and the unreadable ones left out with ``on_bad_image="skip"`` (path, reason).
+    readable image in the order given; and the unreadable ones left out with ``on_bad_image="skip"`` (path, or
+    "array <position>", and the reason). An image the dataset cannot decode or transform (a broken file, one too
+    small to crop) is such an unreadable image: an error naming it, or with ``on_bad_image="skip"`` left out.
 
     The prediction tool and the Python API (gzoo.load(...).predict / .embed) both build their tables here.
     """
     if on_bad_image not in BAD_IMAGE_MODES:
         raise GzooError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}.")
     paths = list(paths)
+    names = [f"array {j}" if isinstance(p, np.ndarray) else p for j, p in enumerate(paths)]  # what the messages call them
+    # Every failure of one image (its decoding, its transform) comes back from the dataset as that image's "error".
     loader = make_loader(image_dataset(net, paths, range(len(paths)), tta, fits=fits), batch_size, num_workers)
     values, good, skipped = [], [], []
     for batch in predict_loader(net, loader, tta, precision, progress, features=features):
         for j, error in zip(batch["id"].tolist(), batch["error"]):
             if error and on_bad_image == "error":
-                raise GzooError(f"image {paths[j]} cannot be read ({error}); replace or remove it, or pass on_bad_image=skip to leave it out.")
-            skipped += [(paths[j], error)] if error else []
+                raise GzooError(f"image {names[j]} cannot be read ({error}); replace or remove it, or pass on_bad_image=skip to leave it out.")
+            skipped += [(names[j], error)] if error else []
             good.append(not error)
         values.append(batch["pred"])
     width = net.body.num_features if features else len(net.labels)
@@ -232,16 +239,21 @@ def list_images(folder: Path) -> tuple[list[Path], list[GalaxyId]]:
 
 
 def image_files(
-    files: Sequence[str | Path], ids: Sequence[GalaxyId] | None = None, where: str = "", id_from: str = "its file name without the extension"
+    files: Sequence[str | Path],
+    ids: Sequence[GalaxyId] | None = None,
+    where: str = "",
+    id_from: str = "its file name without the extension",
+    base: Path | None = None,
 ) -> tuple[list[Path], list[GalaxyId]]:
     """Given image files, checked (each there, an image gzoo reads, one file per id) and their ids (from their names unless
-    given; ``id_from`` says where they come from, ``where`` where the files were named, for the error messages)."""
+    given; ``id_from`` says where they come from, ``where`` where the files were named and ``base`` the folder relative
+    names were read from, for the error messages)."""
     paths = [Path(f) for f in files]
     for path in paths:
         if path.is_symlink() and not path.exists():
             raise broken_link(path)
         if not path.is_file():
-            raise GzooError(f"image file {path}{where} not found; give existing files (relative paths are read from {Path.cwd()}).")
+            raise GzooError(f"image file {path}{where} not found; give existing files (relative paths are read from {base or Path.cwd()}).")
         if image_suffix(path) is None:
             raise GzooError(f"{path}{where} is not an image file gzoo reads ({' '.join(IMAGE_SUFFIXES)}, any letter case).")
     if ids is not None:
@@ -252,34 +264,149 @@ def image_files(
     return paths, ids if all(isinstance(i, int) for i in ids) else [str(i) for i in ids]
 
 
-def image_source(source, file_column: str = "file_loc", id_column: str = "id_str") -> tuple[list[Path], list[GalaxyId], str]:
-    """The image files, ids and id column name of what the Python API is given: a folder (as the tool reads it),
-    one file, a list of files, or a DataFrame with a ``file_column`` (ids from ``id_column`` when it has one)."""
+def _blank(value) -> bool:
+    return value is None or (not isinstance(value, (list, tuple, np.ndarray)) and pd.isna(value)) or not str(value).strip()
+
+
+def _rows_source(
+    files: list, ids: list | None, labels: list, where: str, file_column: str, id_column: str, base: Path | None
+) -> tuple[list[Path], list[GalaxyId] | None]:
+    """The image files and ids of a table's rows (a DataFrame or a catalogue file; ``labels`` name its rows in
+    ``where``): every row with a file and, when the table has the id column, an id; relative paths read from
+    ``base`` (None: the working folder); one row per image file, compared as resolved paths."""
+    for label, file in zip(labels, files):
+        if _blank(file):
+            raise GzooError(f"{where}, row {label}: the file column {file_column!r} is empty; fill it in or drop the row.")
+    if ids is not None:
+        for label, i in zip(labels, ids):
+            if _blank(i):
+                raise GzooError(f"{where}, row {label}: the id column {id_column!r} is empty; fill it in or drop the row.")
+    paths = [Path(str(f)).expanduser() for f in files]
+    paths = [p if base is None or p.is_absolute() else base / p for p in paths]
+    _one_row_per_file(paths, labels, where, ids)
+    return paths, ids
+
+
+def _one_row_per_file(paths: list[Path], labels: list, where: str, ids: list | None = None, rows: str = "rows") -> None:
+    """Two rows naming one image file (the same name twice, an absolute and a relative name, a link) are an
+    error naming both: one image under two ids would be two galaxies in the table."""
+    seen: dict[Path, int] = {}
+    for k, path in enumerate(paths):
+        first = seen.setdefault(path.resolve(), k)
+        if first != k:
+            both = f" ({ids[first]!r} and {ids[k]!r})" if ids is not None else ""
+            raise GzooError(
+                f"{where}, {rows} {labels[first]} and {labels[k]}{both} are both the image {path.resolve()}; each image must appear once, so drop one of them."
+            )
+
+
+def _arrays_source(arrays: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int], str]:
+    """Decoded images: each an RGB uint8 array (H, W, 3); their ids are their positions 0..N-1, in the column "index"."""
+    for k, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise GzooError(f"item {k} of the list is a {type(a).__name__}, not an array; give a list of image files or a list of arrays, not both.")
+        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+            raise GzooError(
+                f"array {k} of the list has shape {a.shape} and dtype {a.dtype}; give RGB images as uint8 arrays of shape (H, W, 3), "
+                "e.g. np.asarray(PIL.Image.open(file).convert('RGB'))."
+            )
+    return list(arrays), list(range(len(arrays))), ARRAY_ID_COLUMN
+
+
+#: The id column of a table of decoded arrays: each array's position in the list given.
+ARRAY_ID_COLUMN = "index"
+#: The catalogue files the Python API reads as a table of images (a file column, and optionally an id column).
+CATALOG_SUFFIXES = (".csv", ".parquet")
+
+
+def image_source(
+    source, file_column: str = "file_loc", id_column: str = "id_str", root: str | Path | None = None
+) -> tuple[list[Path | np.ndarray], list[GalaxyId], str]:
+    """The images, ids and id column name of what the Python API is given: a folder (as the tool reads it), one
+    image file, a list of image files, a catalogue file (.csv or .parquet) or a DataFrame with a ``file_column``
+    (ids from ``id_column`` when it has one, else from the file names), or decoded RGB uint8 arrays (H, W, 3):
+    a list of them, or one, with ids 0..N-1 in the column "index".
+
+    Relative paths of a list or a DataFrame are read from ``root`` (default: the working folder); those of a
+    catalogue file from ``root`` or else the catalogue's folder, as training reads a catalogue (data.catalog).
+    A row without a file or id, and two rows naming one image file, are errors naming the rows.
+    """
+    base = Path(root).expanduser() if root is not None else None
+    if base is not None and not base.is_dir():
+        raise GzooError(f"root={root} is not a folder; give the folder relative paths are read from.")
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (3, 4):
+            raise GzooError(f"an array source must be one RGB uint8 image (H, W, 3) or a stack of them (N, H, W, 3), got shape {source.shape}.")
+        return _arrays_source([source] if source.ndim == 3 else list(source))
     if isinstance(source, pd.DataFrame):
         if file_column not in source.columns:
             raise GzooError(
                 f"the DataFrame has no column {file_column!r} (its columns: {', '.join(map(str, source.columns))}); pass file_column= to name the one holding the image files."
             )
-        blank = source[file_column].isna().to_numpy()
-        if blank.any():
-            raise GzooError(f"row {source.index[np.flatnonzero(blank)[0]]} of the DataFrame has no file in column {file_column!r}; fill it in or drop the row.")
-        files = source[file_column].astype(str).tolist()
-        if id_column in source.columns:
-            paths, ids = image_files(files, source[id_column].tolist(), f" (column {file_column!r})", f"its {id_column!r} value")
-            return paths, ids, id_column
-        paths, ids = image_files(files, where=f" (column {file_column!r})")
-        return paths, ids, id_column_name(ids)
-    if isinstance(source, (str, os.PathLike)):
-        if Path(source).is_dir():
-            paths, ids = list_images(Path(source))
-            return paths, ids, id_column_name(ids)
-        source = [source]
-    if not isinstance(source, Sequence) or not source:
-        raise GzooError(
-            f"predict/embed take a folder, an image file, a list of image files or a DataFrame with a {file_column!r} column, got {type(source).__name__} {source!r:.60}."
+        has_ids = id_column in source.columns
+        files, ids = _rows_source(
+            source[file_column].tolist(),
+            source[id_column].tolist() if has_ids else None,
+            list(source.index),
+            "the DataFrame",
+            file_column,
+            id_column,
+            base,
         )
-    paths, ids = image_files(source)
-    return paths, ids, id_column_name(ids)
+        return _checked_files(files, ids, f" (column {file_column!r})", id_column if has_ids else None, base)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            paths, ids = list_images(path)
+            return paths, ids, id_column_name(ids)
+        if path.suffix.lower() in CATALOG_SUFFIXES:
+            return _catalog_source(path, file_column, id_column, base)
+        source = [source]
+    if not isinstance(source, Sequence) or isinstance(source, str) or not source:
+        raise GzooError(
+            f"predict/embed take a folder, an image file, a list of image files, a catalogue file (.csv, .parquet), a DataFrame with a "
+            f"{file_column!r} column or RGB uint8 arrays, got {type(source).__name__} {source!r:.60}."
+        )
+    if isinstance(source[0], np.ndarray):
+        return _arrays_source(source)
+    if any(isinstance(s, np.ndarray) for s in source):
+        k = next(k for k, s in enumerate(source) if isinstance(s, np.ndarray))
+        raise GzooError(f"item {k} of the list is an array and item 0 a {type(source[0]).__name__}; give a list of image files or a list of arrays, not both.")
+    paths = [Path(s).expanduser() for s in source]
+    paths = [p if base is None or p.is_absolute() else base / p for p in paths]
+    _one_row_per_file(paths, list(range(len(paths))), "the list", rows="items")
+    return _checked_files(paths, None, "", None, base)
+
+
+def _checked_files(files: list[Path], ids: list | None, where: str, id_column: str | None, base: Path | None) -> tuple[list[Path], list[GalaxyId], str]:
+    if ids is None:
+        paths, ids = image_files(files, where=where, base=base)
+        return paths, ids, id_column_name(ids)
+    paths, ids = image_files(files, ids, where, f"its {id_column!r} value", base)
+    return paths, ids, id_column
+
+
+def _catalog_source(path: Path, file_column: str, id_column: str, root: Path | None) -> tuple[list[Path], list[GalaxyId], str]:
+    """A catalogue file's images, read as training reads data.catalog (gzoo.data.catalog.read_table and galaxy_id):
+    relative paths from the catalogue's folder (or ``root``), ids that are all digits as integers, rows counted from 2."""
+    from gzoo.data.catalog import galaxy_id, read_table
+
+    if not path.is_file():
+        raise GzooError(f"catalogue {path} not found; give an existing .csv or .parquet file (relative paths are read from {Path.cwd()}).")
+    table = read_table(path)
+    where = f"catalogue {path}"
+    if file_column not in table.columns:
+        raise GzooError(
+            f"{where} has no column {file_column!r} (its columns: {', '.join(map(str, table.columns[:12]))}{' ...' if len(table.columns) > 12 else ''}); "
+            "pass file_column= to name the one holding the image files."
+        )
+    if len(table) == 0:
+        raise GzooError(f"{where} has no rows.")
+    has_ids = id_column in table.columns
+    ids = [galaxy_id(v) if str(v).strip() else "" for v in table[id_column]] if has_ids else None
+    base = root or path.parent
+    files, ids = _rows_source(table[file_column].tolist(), ids, list(range(2, len(table) + 2)), where, file_column, id_column, base)
+    return _checked_files(files, ids, f" ({where})", id_column if has_ids else None, base)
 
 
 def predict(o: PredictOptions) -> Path:
@@ -288,24 +415,29 @@ def predict(o: PredictOptions) -> Path:
     if out.is_dir():
         raise GzooError(f"out={out} is a folder; give the file to write, e.g. out={out / 'submission.csv'} (or .parquet).")
     table_suffix(out)
-    if out.exists() and not o.overwrite:
-        raise GzooError(f"{out} already exists; pass overwrite=true to replace it, or choose another out=.")
-    paths, ids = list_images(o.images)
-    net = load_net(o.ckpt, o.device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)
-    device = next(net.parameters()).device
-    say(f"{len(paths)} images in {o.images}: {net.timm_name} at {net.image_size} px on {device}, tta={o.tta}")
+    # Before any work: out's folder can be written, no other run writes out, and out is new unless overwrite=true.
+    with output_lock(out, "out", o.overwrite):
+        paths, ids = list_images(o.images)
+        net = load_net(o.ckpt, o.device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)
+        device = next(net.parameters()).device
+        say(f"{len(paths)} images in {o.images}: {net.timm_name} at {net.image_size} px on {device}, tta={o.tta}")
 
-    start = time.perf_counter()
-    table, skipped = predict_table(net, paths, ids, None, o.tta, o.batch_size, o.num_workers, o.on_bad_image, o.precision, o.progress, fits=o.fits)
-    seconds = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(table, out, "out", float_format="%.6f")
-
-    skipped_list = out.with_name(out.name + ".skipped.txt")
-    skipped_list.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        start = time.perf_counter()
+        table, skipped = predict_table(net, paths, ids, None, o.tta, o.batch_size, o.num_workers, o.on_bad_image, o.precision, o.progress, fits=o.fits)
+        seconds = time.perf_counter() - start
+        skipped_list = out.with_name(out.name + ".skipped.txt")
+        try:
+            write_table(table, out, "out", float_format="%.6f")
+            skipped_list.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+            if skipped:
+                with atomic_open(skipped_list, newline="") as f:
+                    f.writelines(f"{path}\t{error}\n" for path, error in skipped)
+        except OSError as e:
+            raise GzooError(
+                f"{write_failure(OSError(e.errno, e.strerror), out, 'the predictions')}; the {len(table)} predictions were computed but not saved "
+                f"(nothing half-written is left); free space there or choose another out=, then run the same command again."
+            ) from None
     if skipped:
-        with atomic_open(skipped_list, newline="") as f:
-            f.writelines(f"{path}\t{error}\n" for path, error in skipped)
         shown = ", ".join(Path(p).name for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         say(f"skipped {len(skipped)} unreadable images ({shown}); the list is in {skipped_list}")
     say(f"wrote {len(table)} rows to {out} in {seconds:.1f} s: {len(paths) / seconds:.1f} images/s (tta={o.tta})")

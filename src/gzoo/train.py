@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from hydra.experimental.callback import Callback
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -32,13 +35,13 @@ from gzoo.callbacks import EpochHistory, StepSeed
 from gzoo.data import GalaxyZooDataModule
 from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
 from gzoo.features import feature_datamodule
-from gzoo.io import atomic_open, atomic_write_text, write_failure
+from gzoo.io import atomic_open, atomic_write_text, folder_in_use, write_failure
 from gzoo.log import error, logger, say, warn
 from gzoo.metrics import baseline_rmse, rmse
-from gzoo.module import GalaxyZooModule, load_net
+from gzoo.module import NETWORK_KEYS, GalaxyZooModule, load_net, network_of, read_checkpoint
 from gzoo.net import PRECISIONS
 from gzoo.predict import predict_loader
-from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable
+from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable, split_mismatch
 
 CONF = Path(__file__).parent / "conf"
 
@@ -75,13 +78,38 @@ def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
     return module
 
 
-def load_init_weights(module: GalaxyZooModule, path: Path) -> None:
-    """Copy the weights of an earlier phase's checkpoint into ``module``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    theirs = ckpt.get("hyper_parameters", {}).get("timm_name")
-    if theirs != module.hparams.timm_name:
-        raise GzooError(f"phase.init_from={path} holds a {theirs} model, but this run builds {module.hparams.timm_name}.")
-    module.load_state_dict(ckpt["state_dict"])
+def load_init_weights(module: GalaxyZooModule, path: Path) -> bool:
+    """Copy the weights of an earlier phase's checkpoint into ``module``: all of them, or only the body when the
+    checkpoint's tail was made for other labels (a GZ2 model moved to your own labels), which is said. A checkpoint
+    Returns whether the tail is new."""
+    ckpt = read_checkpoint(path, "phase.init_from")
+    theirs, ours = network_of(ckpt["hyper_parameters"]), network_of(module.hparams)
+    if theirs["timm_name"] != ours["timm_name"]:
+        raise GzooError(f"phase.init_from={path} holds a {theirs['timm_name']} model, but this run builds {ours['timm_name']}.")
+    same_tail = all(theirs[k] == ours[k] for k in ("hidden", "head")) and _labels(theirs["labels"]) == _labels(ours["labels"])
+    if same_tail:
+        module.load_state_dict(ckpt["state_dict"])
+        return False
+    body = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.body.")}
+    module.load_state_dict(body, strict=False)
+    differs = next(
+        f"{NETWORK_KEYS[k]}={_listed(theirs[k])}, not {_listed(ours[k])}" for k in ("labels", "hidden", "head") if _labels(theirs[k]) != _labels(ours[k])
+    )
+    say(f"phase.init_from={path} was trained with {differs}: its body is loaded ({len(body)} tensors) and the tail starts new")
+    return True
+
+
+def _labels(value):
+    """Labels as compared between checkpoints: None (the 37 Kaggle answers) and the 37 names are the same."""
+    return schema.COLUMNS if value is None else list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _listed(value) -> str:
+    if value is None:
+        return "gz2"
+    if isinstance(value, (list, tuple)):
+        return "gz2" if schema.is_gz2(list(value)) else "[" + ",".join(map(str, value)) + "]"
+    return str(value)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -89,23 +117,88 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     resume = cfg.get("resume", False)
     if resume is False or resume is None:
         return None
-    path = run_dir / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
+    path = run_dir / "checkpoints" / "last.ckpt" if resume is True else Path(resume).expanduser().absolute()
+    if not path.is_file() and resume is True:
+        if earlier_run(run_dir):
+            raise GzooError(
+                f"resume=true but the run in {run_dir} stopped before its first checkpoint, so there is nothing to continue; "
+                "run the same command with overwrite=true instead of resume=true to start it afresh."
+            )
+        raise GzooError(f"resume=true but {run_dir} holds no run to continue; run the same command without resume=true to start one.")
     if not path.is_file():
-        raise GzooError(f"resume={resume} but {path} does not exist; run without resume to start afresh.")
-    epoch, most = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("epoch", 0), cfg.trainer.get("max_epochs")
+        raise GzooError(f"resume={resume}: no such checkpoint file; point resume at a last.ckpt, or pass resume=true to continue this run_dir's run.")
+    return path
+
+
+def _resume_option(cfg: DictConfig, path: Path) -> str:
+    return "resume=true" if cfg.resume is True else f"resume={path}"
+
+
+def check_resume_split(cfg: DictConfig, ckpt: dict, path: Path) -> None:
+    """A resumed run continues the checkpoint's run: the same split and labels, and not past its epochs.
+    Otherwise one sentence naming the option and both values, before the data is read."""
+    option = _resume_option(cfg, path)
+    record = ckpt.get("gzoo_split")
+    if record is not None:
+        differs = split_mismatch(record, cfg.data)
+        if differs:
+            raise GzooError(
+                f"{option}: {path} was trained with {differs}; a resumed run keeps the split it started with, so set it back, "
+                "or start a new run with name=<new name>."
+            )
+    epoch, most = ckpt.get("epoch", 0), cfg.trainer.get("max_epochs")
     if most is not None and most >= 0 and epoch > most:  # Lightning's own refusal, as a traceback
         raise GzooError(f"{path} was saved after epoch {epoch} (counting from 0), past trainer.max_epochs={most}; raise trainer.max_epochs to continue it.")
-    return path
+
+
+def check_resume_network(cfg: DictConfig, module: GalaxyZooModule, ckpt: dict, path: Path) -> None:
+    """The network the run builds is the checkpoint's (variant, size, tail, labels, crop): one sentence otherwise."""
+    option = _resume_option(cfg, path)
+    theirs, ours = network_of(ckpt["hyper_parameters"]), network_of(module.hparams)
+    for key, opt in NETWORK_KEYS.items():
+        if _labels(theirs[key]) != _labels(ours[key]):
+            raise GzooError(
+                f"{option}: {path} holds a network with {opt}={_listed(theirs[key])}, not {_listed(ours[key])}; a resumed run keeps its network, "
+                "so set it back, or start a new run with name=<new name> (phase.init_from=PATH starts from another run's weights)."
+            )
+
+
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv", "config.yaml", "features")
+
+
+def earlier_run(run_dir: Path) -> list[Path]:
+    """What an earlier run left in ``run_dir``."""
+    return [run_dir / n for n in RUN_OUTPUTS if (run_dir / n).exists()]
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix with an earlier run unless ``overwrite=true`` (which deletes its results)."""
-    earlier = [run_dir / n for n in ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv") if (run_dir / n).exists()]
+    earlier = earlier_run(run_dir)
     if earlier and not overwrite:
-        raise GzooError(f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, or name=<new name> to keep both.")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise GzooError(f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true to replace it, or name=<new name> to keep both.")
+        raise GzooError(
+            f"{run_dir} holds a run that stopped before its first checkpoint (nothing to continue); pass overwrite=true to start it afresh, "
+            "or name=<new name> to keep both."
+        )
     for p in earlier:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+#: The options that name files or folders: recorded absolute in config.yaml, so the run's config works from any folder.
+PATH_OPTIONS = ("paths.output_root", "paths.data_root", "paths.synth_root", "data.root", "data.catalog", "model.weights", "phase.init_from", "run_dir")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Each of :data:`PATH_OPTIONS` that holds a relative path becomes absolute (from the working folder), in place."""
+    for key in PATH_OPTIONS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and not re.match(r"^[a-zA-Z][\w+.-]*:", value) and not Path(value).expanduser().is_absolute():  # not hf_hub:, s3://
+            OmegaConf.update(cfg, key, str(Path(value).expanduser().absolute()), merge=False)
+    crop_cache = OmegaConf.select(cfg, "data.crop_cache", default=None)
+    if isinstance(crop_cache, str) and crop_cache not in ("", "auto") and not Path(crop_cache).expanduser().is_absolute():
+        OmegaConf.update(cfg, "data.crop_cache", str(Path(crop_cache).expanduser().absolute()), merge=False)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -115,6 +208,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     the run ends, and SIGINT/SIGTERM stop it at a batch boundary with a RunInterrupted (runsafety.py).
     """
     check_run_options(cfg)
+    absolute_paths(cfg)
     with RunGuard(Path(cfg.run_dir), lock=rank_zero_only.rank == 0) as guard:  # one process (rank zero) writes files
         return _train(cfg, guard)
 
@@ -129,29 +223,46 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
 
         generate(Path(cfg.data.root), **OmegaConf.to_container(cfg.data.synth, resolve=True))
 
+    # A resumed run continues its checkpoint's split: checked before the data is read (and any cache built).
+    resume_from = resume_checkpoint(cfg, run_dir)
+    resumed = read_checkpoint(resume_from, "resume") if resume_from is not None else None
+    if resumed is not None:
+        check_resume_split(cfg, resumed, resume_from)
+
     dm = build_datamodule(cfg)
     dm.setup()  # validates catalogue and images; raises GzooError before anything is written
     say(f"data: {len(dm.ids('train'))} train / {len(dm.ids('val'))} val / {len(dm.ids('test'))} test galaxies from {dm.root}")
 
     init_from = Path(cfg.phase.init_from) if cfg.phase.init_from else None
-    if init_from is not None and not init_from.is_file():
+    for folder in (init_from.parent, init_from.parent.parent) if init_from is not None and resume_from is None else ():
+        holder = folder_in_use(folder)  # <run_dir>/checkpoints/best.ckpt: the run folder holds the lock while that run writes
+        if holder:
+            raise GzooError(
+                f"phase.init_from={init_from} belongs to a run that is still running ({holder}); wait for it to end, "
+                "so this phase starts from its final weights (in a sweep, run phase=finetune first, then phase=fulltune)."
+            )
+    if init_from is not None and resume_from is None and not init_from.is_file():
         raise GzooError(
             f"phase={cfg.phase.name} starts from {init_from}, which does not exist; make it first with "
             f"`python -m gzoo.train phase=finetune model={cfg.model.name} name={cfg.name}` (same data options), "
             "or point phase.init_from at a checkpoint."
         )
 
-    resume_from = resume_checkpoint(cfg, run_dir)
-
     # Weights: from a checkpoint if resuming or continuing an earlier phase, else pretrained (or from scratch) as asked.
     # model.weights=PATH is loaded whatever model.pretrained says: a file the user named is never dropped.
+    # A resumed run is checked against its checkpoint and takes its weights now, before anything (the feature cache) is computed from them.
     module = build_module(cfg, pretrained=init_from is None and resume_from is None)
-    if init_from is not None and resume_from is None:
-        load_init_weights(module, init_from)
+    new_tail = resume_from is None
+    if resumed is not None:
+        check_resume_network(cfg, module, resumed, resume_from)
+        module.load_state_dict(resumed["state_dict"])
+        resumed = None
+    elif init_from is not None:
+        new_tail = load_init_weights(module, init_from)
         say(f"weights from {init_from}")
-    elif resume_from is None and cfg.model.get("start_at_mean", False):
+    if new_tail and cfg.model.get("start_at_mean", False):
         module.start_at(dm.train_mean())  # the first epoch starts from predicting the training mean, not 0.5
-    if cfg.phase.freeze_body and init_from is None and not (cfg.model.pretrained or cfg.model.weights):
+    if cfg.phase.freeze_body and init_from is None and resume_from is None and not (cfg.model.pretrained or cfg.model.weights):
         warn(
             "the frozen body was never trained (model.pretrained=false, no model.weights): this finetune fits the tail to random "
             "features; use a pretrained body (model=lite0 has ImageNet weights offline) or train everything (phase.freeze_body=false)."
@@ -172,9 +283,13 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
             pd.DataFrame(dm.skipped, columns=["path", "reason"]).to_csv(f, index=False)
         say(f"left out {len(dm.skipped)} unreadable images (data.on_bad_image=skip); list in {run_dir / 'skipped_images.csv'}")
     history = EpochHistory()
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [StepSeed(cfg.seed), history]
+    # callbacks=null, logger=null or ~logger: none of that group (the run's own callbacks below always run)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [StepSeed(cfg.seed), history]
     callbacks += [StopOnSignal(guard), RecordSplit(cfg.data)]  # a signal stops at a batch boundary; checkpoints record their split
-    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):  # it refuses a run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        say("no logger (logger=null), so the learning rate is not logged (callbacks.lr_monitor left out)")
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -271,6 +386,13 @@ def help_text(argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def null_groups(argv: list[str]) -> list[str]:
+    """``group=null`` (e.g. logger=null, callbacks=null) as Hydra spells it on the command line, ``~group``:
+    none of that group. Hydra itself refuses ``group=null`` for a group of the defaults list."""
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    return [f"~{a.split('=', 1)[0]}" if a.endswith("=null") and a.split("=", 1)[0] in groups else a for a in argv]
+
+
 def check_overrides(argv: list[str]) -> None:
     """Compose the config once before Hydra runs, so an unknown key, a missing group option or a bad
     override ends in gzoo's one sentence and exit 2 (Hydra's own answer is several lines and exit 1).
@@ -301,20 +423,64 @@ def check_overrides(argv: list[str]) -> None:
         sys.exit(2)
 
 
+#: The file in a sweep's folder where each job that a gzoo check stopped adds a line (see SweepSummary).
+FAILED_JOBS = "failed_jobs.jsonl"
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failed_job(said: str) -> None:
+    """A sweep's job that a check stopped: its line in the sweep folder's failed_jobs.jsonl (one write, appended)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    line = json.dumps({"job": hc.job.num, "overrides": " ".join(hc.overrides.task), "error": said}) + "\n"
+    Path(hc.sweep.dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(hc.sweep.dir) / FAILED_JOBS, "a") as f:
+        f.write(line)
+
+
+class SweepSummary(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): at the end of a sweep, the jobs that a gzoo check stopped, and why."""
+
+    failed: list[dict] = []
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        SweepSummary.failed = failed
+        if failed:
+            propagate, logger.propagate = logger.propagate, False  # Hydra's console handler on the root logger would print each line again
+            try:
+                error(f"{len(failed)} job{'s' if len(failed) > 1 else ''} of the sweep stopped (listed in {path}):")
+                for job in failed:
+                    error(f"  job {job['job']} ({job['overrides']}): {job['error']}")
+            finally:
+                logger.propagate = propagate
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
-        return train(cfg)["val/rmse"]
+        try:
+            return train(cfg)["val/rmse"]
+        except OSError as e:  # a disk that filled up or turned read-only under a write other than a checkpoint's
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+                raise
+            raise GzooError(f"{write_failure(e, cfg.run_dir)}; free space there or set paths.output_root to a folder you can write to.") from None
     except RunInterrupted as e:
         logger.error(str(e))
-        sys.exit(e.status)  # 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM
+        sys.exit(e.status)  # 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM; a signal stops a sweep too
     except GzooError as e:
         error(str(e))
-        sys.exit(2)
-    except OSError as e:  # a disk that filled up or turned read-only under a write other than a checkpoint's
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        error(f"{write_failure(e, cfg.run_dir)}; free space there or set paths.output_root to a folder you can write to.")
+        if _in_sweep():  # a sweep goes on with its other jobs, and SweepSummary lists this one at the end
+            _record_failed_job(str(e))
+            return float("nan")
         sys.exit(2)
 
 
@@ -322,9 +488,13 @@ if __name__ == "__main__":
     if {"--help", "-h"} & set(sys.argv[1:]):
         print(help_text(sys.argv[1:]))
         sys.exit(0)
+    sys.argv[1:] = null_groups(sys.argv[1:])
     try:
         check_overrides(sys.argv[1:])
         main()
     except KeyboardInterrupt:  # Ctrl-C before train() set its handlers (imports, composing the config)
         logger.error("stopped by SIGINT before training started; nothing was written; run the same command again.")
         sys.exit(130)
+    made = sys.modules.get("gzoo.train")  # Hydra made the sweep's callback from gzoo.train, not from this __main__ module
+    if made is not None and made.SweepSummary.failed:
+        sys.exit(2)

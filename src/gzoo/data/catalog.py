@@ -132,7 +132,10 @@ def read_own_catalog(
     """Your own galaxies: a CSV or Parquet catalogue with an id column, a file column and label columns.
 
     Returns the labels (the ``id`` column, then ``labels``, NaN for unknown) and {id: image path}; a
-    relative file path is read from the catalogue's folder. Ids that are all digits become integers, so a
+    relative file path is read from the catalogue's folder, and every path is resolved (``Path.resolve``:
+    symbolic links followed, ``..`` removed), so the paths returned are the files themselves. Two rows
+    naming one file (twice the same name, an absolute and a relative name, a link, a hard link) are an
+    error naming both rows and the file: one image under two ids could sit in training and validation. Ids that are all digits become integers, so a
     catalogue of Kaggle files splits exactly as the Kaggle layout does.
     """
     path = Path(path)
@@ -158,15 +161,31 @@ def read_own_catalog(
             raise GzooError(f"{where}, rows {seen[i] + 2} and {row + 2} are both galaxy {i!r}; each galaxy must appear once.")
         seen[i] = row
     values = label_values(df, labels, where, missing_labels)
-    files = {}
+    files, rows = {}, {}  # rows: the row of each file, by the file it is on disk
     for row, (i, name) in enumerate(zip(ids, df[file_column])):
         if not str(name).strip():
             raise GzooError(f"{where}, row {row + 2}: the file column {file_column} is empty.")
         file = Path(name).expanduser()
-        files[i] = file if file.is_absolute() else path.parent / file
+        files[i] = (file if file.is_absolute() else path.parent / file).resolve()  # one name per file: symbolic links, "..", relative
+        first = rows.setdefault(_file_key(files[i]), row)
+        if first != row:
+            same, also = files[ids[first]], "" if files[ids[first]] == files[i] else f" (as {files[i]}, a hard link)"
+            raise GzooError(
+                f"{where}, rows {first + 2} and {row + 2} ({ids[first]!r} and {i!r}) are both the image {same}{also}; "
+                "each galaxy needs its own file (one image under two ids could sit in training and in validation)."
+            )
     out = pd.DataFrame(values, columns=labels)
     out.insert(0, "id", pd.Series(ids, dtype=object))
     return out, files
+
+
+def _file_key(path: Path) -> Path | tuple[int, int]:
+    """What makes two names one file: its device and inode when it exists (hard links too), else its resolved path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return path
+    return (st.st_dev, st.st_ino)
 
 
 def check_files(files: dict, progress: bool = True, on_bad_image: str = "error") -> tuple[dict, list[tuple[Path, str]]]:

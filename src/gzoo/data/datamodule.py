@@ -150,7 +150,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.splits["all"] = sort_ids(id_array(ids))
         self.catalog = catalog.set_index(schema.ID_COLUMN)
         if self.crop_cache is not None:
-            folder = cache_folder(self.crop_cache, self.root)
+            folder = cache_folder(self.crop_cache)  # auto: the user's cache folder, never the data's
             self.cache = open_cache([self.paths[i] for i in self.splits["all"]], folder, self.num_workers, self.progress)
 
     # ------------------------------------------------------------------------- what each part holds

@@ -99,31 +99,41 @@ class GalaxyZooDataset(Dataset):
         else:
             i = key
         item: dict[str, Any] = {"id": self.ids[i]}
-        try:
+        try:  # the decode and the transform: whatever fails for one image (a decoder's, OpenCV's error) is that image's
             image = self.images[i] if isinstance(self.images[i], np.ndarray) else load_image(self.images[i], self.fits)
+            if not self.views:
+                # The transform's dict as it comes: "image", and "brightness" from the training pipeline.
+                item.update(self.transform(image=image))
+            else:
+                item["image"] = torch.stack([self.transform(image=rotate(image, a))["image"] for a in self.views])
         except GzooError:
             raise  # not the file's fault (astropy missing): the sentence says what to do
-        except Exception as e:  # decoders raise many kinds for bad files
-            reason = str(e) or type(e).__name__
+        except Exception as e:  # decoders and OpenCV raise many kinds for bad files
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # one line (OpenCV ends its message in a newline)
             if not self.skip_bad:
-                raise GzooError(f"image {self.images[i]} cannot be read ({reason}).") from None
-            image, item["error"] = None, reason
+                raise GzooError(f"image {self._name(i)} cannot be read ({reason}).") from None
+            item["error"] = reason
+            blank = self._blank()
+            item.update(blank if not self.views else {"image": torch.stack([blank["image"]] * len(self.views))})
         if self.skip_bad:
             item.setdefault("error", "")
-        if not self.views:
-            # The transform's dict as it comes: "image", and "brightness" from the training pipeline.
-            item.update(self.transform(image=image) if image is not None else {"image": self._blank()})
-        else:
-            views = [self.transform(image=rotate(image, a))["image"] for a in self.views] if image is not None else [self._blank()] * len(self.views)
-            item["image"] = torch.stack(views)
         if self.labels is not None:
             item["target"] = torch.from_numpy(self.labels[i])
             item["mask"] = torch.from_numpy(self.mask[i])
         return item
 
-    def _blank(self) -> torch.Tensor:
-        """A zero image of the transform's output size, standing in for an unreadable one."""
-        return self.transform(image=np.zeros((8, 8, 3), np.uint8))["image"].zero_()
+    def _blank(self) -> dict[str, Any]:
+        """The transform's dict for a zero image of its output size, standing in for an unreadable one
+        (with the training pipeline's "brightness" too, so the batch's items have the same keys). Made from
+        a zero frame of Kaggle's 424 px, which any reasonable crop fraction crops to a few pixels at least."""
+        out = self.transform(image=np.zeros((424, 424, 3), np.uint8))
+        out["image"] = out["image"].zero_()
+        return out
+
+    def _name(self, i: int) -> str:
+        """The image's file, or for a decoded array (a crop cache's row) the galaxy's id."""
+        image = self.images[i] if not isinstance(self.images, CachedImages) else None
+        return str(image) if isinstance(image, (str, Path)) else f"of galaxy {self.ids[i]!r}"
 
 
 def ignore_signals(worker_id: int) -> None:

@@ -1,11 +1,13 @@
 """Contact sheet: synthetic galaxies (gzoo.synth) next to real GZ2 galaxies of the same kind.
 
-    python -m gzoo.tools.contact_sheet out=docs/synth_vs_real.png real=/path/to/gz2 [seed=0] [per_side=4]
+    python -m gzoo.tools.contact_sheet real=/path/to/gz2 [out=outputs/synth_vs_real.png] [seed=0] [per_side=4] [overwrite=true]
 
 One row per kind; the left half shows synthetic galaxies chosen by their true features,
 the right half real galaxies chosen by their vote fractions (the central 212x212 pixels
 of each 424x424 image). ``real`` is a folder with images_training_rev1/ and either
 training_solutions_rev1.csv or training_solutions_partial.csv (unknown cells empty).
+An existing ``out`` is kept unless overwrite=true (docs/synth_vs_real.png is tracked: draw
+elsewhere and copy it over on purpose); the PNG appears only when complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gzoo import synth
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
 from gzoo.images import load_image
+from gzoo.io import atomic_open
 from gzoo.log import say
 
 
@@ -87,9 +90,11 @@ def _crop(image: Image.Image, tile: int) -> Image.Image:
     return image.crop((w // 4, h // 4, w - w // 4, h - h // 4)).resize((tile, tile), Image.BICUBIC)
 
 
-def contact_sheet(out: Path, real: Path, seed: int = 0, per_side: int = 4, tile: int = 128) -> Path:
-    """Draw the synthetic-versus-real contact sheet to ``out`` (PNG) and return ``out``."""
+def contact_sheet(out: Path, real: Path, seed: int = 0, per_side: int = 4, tile: int = 128, overwrite: bool = False) -> Path:
+    """Draw the synthetic-versus-real contact sheet to ``out`` (PNG) and return ``out``; an existing ``out`` only with ``overwrite``."""
     out, real = Path(out), Path(real)
+    if out.exists() and not overwrite:
+        raise GzooError(f"{out} already exists; pass overwrite=true to replace it, or choose another out=.")
     table = _real_table(real)
     label_w, gap, head = 150, 16, 30
     width = label_w + 2 * per_side * tile + gap
@@ -118,20 +123,22 @@ def contact_sheet(out: Path, real: Path, seed: int = 0, per_side: int = 4, tile:
             sheet.paste(_crop(image, tile), (x, top))
             draw.multiline_text((x + 3, top + tile - 26), caption, fill=(230, 230, 230), font=small)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, optimize=True)
+    with atomic_open(out, "wb") as f:  # a killed run leaves no half-written PNG under the name
+        sheet.save(f, format="PNG", optimize=True)
     return out
 
 
 @dataclass
 class ContactSheetOptions:
-    out: Path = option(Path("docs/synth_vs_real.png"), "the PNG to draw")
+    out: Path = option(Path("outputs/synth_vs_real.png"), "the PNG to draw (outputs/ is not tracked; docs/synth_vs_real.png is)")
     real: Path = option(REQUIRED, "a folder of real GZ2 data: images_training_rev1/ and its solutions CSV")
     seed: int = option(0, "the seed of the synthetic galaxies (as in python -m gzoo.synth)", low=0)
     per_side: int = option(4, "galaxies per row on each side", low=1)
+    overwrite: bool = option(False, "replace an existing out")
 
 
 def _draw(options: ContactSheetOptions) -> Path:
-    out = contact_sheet(options.out.expanduser(), options.real.expanduser(), options.seed, options.per_side)
+    out = contact_sheet(options.out.expanduser(), options.real.expanduser(), options.seed, options.per_side, overwrite=options.overwrite)
     say(f"contact sheet in {out}")
     return out
 
