@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: install ## run the fast test suite (CPU, no network)
-	$(PY) -m pytest -q
+test: install ## run the fast test suite (CPU, no network; two processes, one per core)
+	$(PY) -m pytest -q -n 2
 
 test-slow: install ## run the slow tests (minutes: interrupted and resumed runs, DDP, sweeps, notebooks, learning); CI runs them after make test
 	$(PY) -m pytest -q -m slow
