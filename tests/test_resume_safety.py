@@ -84,6 +84,21 @@ def test_a_resumed_feature_cached_finetune_trains_on_its_own_body_and_keeps_its_
     assert all(torch.equal(body[k], given[k]) for k in given)  # the frozen body is the one the user gave, after the resume too
 
 
+def test_a_damaged_feature_cache_is_said_and_computed_again_and_dead_builds_leave_nothing(tmp_path, data, capsys):
+    args = ["phase.cache_features=true", "phase.cache_views=2", "data.val_fraction=0.25"]
+    train(make_cfg(tmp_path, data, *args))
+    (cache,) = (tmp_path / RUN / "features").glob("features-*.pt")
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[: len(whole) // 2])  # cut short, as by a full disk or a copy stopped halfway
+    dead = cache.with_name(f".{cache.name}.999999999.tmp")  # a killed build's temporary file (no such process)
+    dead.write_bytes(b"half a cache")
+    capsys.readouterr()
+    train(make_cfg(tmp_path, data, *args, "overwrite=true"))
+    said = capsys.readouterr().out
+    assert f"the feature cache {cache} cannot be used (" in said and "computing it again" in said
+    assert cache.read_bytes() == whole and not dead.exists()
+
+
 @pytest.mark.slow
 def test_a_feature_cached_finetune_killed_after_its_second_epoch_resumes_to_the_same_weights(tmp_path, data, body_file):
     """Exact resume of phase.cache_features=true with optim=best (a cosine schedule over the run's length), killed

@@ -163,7 +163,7 @@ def check_resume_network(cfg: DictConfig, module: GalaxyZooModule, ckpt: dict, p
             )
 
 
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv", "config.yaml", "features")
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.json", "skipped_images.csv", "config.yaml")  # not features/: a cache by its inputs, kept
 
 
 def earlier_run(run_dir: Path) -> list[Path]:
