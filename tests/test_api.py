@@ -17,8 +17,9 @@ from PIL import Image
 import gzoo
 from gzoo import predict, schema
 from gzoo.errors import GzooError
+from gzoo.inference import predict_images
 from gzoo.module import load_net
-from gzoo.predict import PredictOptions, predict_images
+from gzoo.predict import PredictOptions
 from tests.conftest import ROOT, write_kaggle
 
 fits = pytest.importorskip("astropy.io.fits", reason="astropy (the fits extra, installed by make install) reads FITS")

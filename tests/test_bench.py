@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gzoo.net import PRECISIONS
+from gzoo.device import PRECISIONS
 from gzoo.tools import bench
 from tests.conftest import write_kaggle
 

@@ -63,23 +63,28 @@ def test_experiment_recipe_composes():
     assert cfg.name == "paper_b0" and cfg.model.name == "b0"
 
 
-def test_train_help_lists_groups_and_every_key_with_its_default_and_comment():
+def test_train_help_lists_groups_and_every_field_of_the_schema_with_its_value_and_comment():
+    from gzoo.config import fields
+    from gzoo.options import RunOptions
     from gzoo.train import help_text
 
-    groups, keys = help_text(["--help", "model=b3"]).split("# --- train.yaml")
-    assert "model: b0, b1, b2, b3*, b4, b5, b6, b7, lite0, lite1, lite2\n" in groups and "debug: tiny\n" in groups and "speed: cpu*, gpu\n" in groups
+    text = help_text(["--help", "model=b3"])
+    groups, keys = text.split("# --- run")
+    assert "model: b0, b1, b2, b3*, b4, b5, b6, b7, lite0, lite1, lite2, tiny\n" in groups and "debug: tiny\n" in groups and "speed: cpu*, gpu\n" in groups
     assert ": _" not in groups and ", _" not in groups  # no private file offered as a choice
-    # every key of the chosen files with its default and comment, the chosen variant's included
-    assert "batch_size: 70          # as in the paper" in keys and "image_size: 300" in keys
-    assert "lr: 1.5e-4             # the paper's fine-tuning rate" in keys and "patience: 10" in keys
     assert "optim: best, paper*\n" in groups
+    # every field of the schema, with its value as composed for the chosen groups (model=b3: 300 px) and its comment
+    for key, f, _ in fields(RunOptions):
+        assert f"\n  {key}=" in keys and f.metadata["help"] in keys, key
+    assert "  data.batch_size=70    # galaxies per batch, as in the paper\n" in keys and "  model.image_size=300    # " in keys
+    assert "  optim.lr=0.00015    # the paper's fine-tuning rate\n" in keys
 
 
 @pytest.mark.slow  # a real command: seconds of imports
 def test_train_help_as_a_real_command():
     proc = subprocess.run([sys.executable, "-m", "gzoo.train", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
-    assert "model: b0*, b1" in proc.stdout and "# --- data/gz2.yaml: keys data.*" in proc.stdout
+    assert "model: b0*, b1" in proc.stdout and "# --- data.*" in proc.stdout
 
 
 def test_the_library_classes_defaults_are_the_configs():
@@ -95,6 +100,7 @@ def test_the_library_classes_defaults_are_the_configs():
         params = inspect.signature(cls.__init__).parameters
         values = OmegaConf.to_container(node, resolve=False)
         values.pop("start_at_mean", None)  # an instruction to train() (the bias start), not a network setting
+        values.pop("synth", None)  # how data=synthetic makes its set (gzoo.synth), not read by the data module
         assert set(values) - {"root", "name", "image_size"} <= set(params), cls  # every config key is an argument
         for key, value in values.items():
             default = params[key].default

@@ -120,6 +120,6 @@ def test_a_resumed_run_with_device_augmentation_ends_with_the_same_weights(tmp_p
     train(make_cfg(tmp_path / "whole", data, *exact, "trainer.max_epochs=2"))
     train(make_cfg(tmp_path / "parts", data, *exact, "trainer.max_epochs=1"))
     train(make_cfg(tmp_path / "parts", data, *exact, "trainer.max_epochs=2", "resume=true"))
-    whole, parts = (torch.load(tmp_path / r / "outputs/default/b0/fulltune/checkpoints/last.ckpt", weights_only=False) for r in ("whole", "parts"))
+    whole, parts = (torch.load(tmp_path / r / "outputs/default/tiny/fulltune/checkpoints/last.ckpt", weights_only=False) for r in ("whole", "parts"))
     assert whole["global_step"] == parts["global_step"] == 4
     assert all(torch.equal(whole["state_dict"][k], parts["state_dict"][k]) for k in whole["state_dict"])

@@ -55,3 +55,37 @@ def test_user_mistakes_end_in_one_sentence(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main([f"ckpt={tmp_path / 'x.ckpt'}", "format=onnx", f"out={tmp_path / 'x.pt'}"]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_the_sidecar_states_the_whole_input_and_its_resize_reproduces_gzoos_eval_view_bit_for_bit(ckpt, tmp_path):
+    """Another program, reading only the sidecar, makes the pixels gzoo's evaluation view makes (its stated OpenCV
+    interpolation, not PIL's resize, which differs: the negative control)."""
+    import cv2
+    from PIL import Image
+
+    from gzoo.transforms import eval_transform
+
+    meta = json.loads(sidecar_path(export(ckpt, format="torchscript", out=tmp_path / "model.pt")).read_text())
+    for key in ("crop_fraction", "crop", "image_size", "resize", "channel_order", "value_scale", "mean", "std", "layout", "columns", "dtype"):
+        assert key in meta, key
+    assert meta["resize"]["interpolation"] == "cv2.INTER_AREA" and "PIL" in meta["resize"]["note"]
+    assert meta["channel_order"] == "RGB" and meta["layout"] == "NCHW" and "/ 255" in meta["value_scale"] and meta["dtype"] == "float32"
+    assert meta["std"] == pytest.approx([0.229, 0.224, 0.225]) and meta["columns"] == schema.COLUMNS
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:203, :171]
+    image = np.clip(np.stack([xx, yy, xx + yy], -1) + rng.normal(0, 40, (203, 171, 3)), 0, 255).astype(np.uint8)  # odd, not square
+    size, f = meta["image_size"], meta["crop_fraction"]
+    h, w = round(203 * f), round(171 * f)  # the sidecar's crop rule
+    top, left = (203 - h) // 2, (171 - w) // 2
+    crop = image[top : top + h, left : left + w]
+    interpolation = getattr(cv2, meta["resize"]["interpolation"].removeprefix("cv2."))
+    theirs = cv2.resize(crop, (size, size), interpolation=interpolation).transpose(2, 0, 1)  # RGB, CHW
+    ours = eval_transform(size, f)(image=image)["image"].numpy()
+    assert theirs.dtype == ours.dtype == np.uint8 and np.array_equal(theirs, ours)
+    pil = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    assert not np.array_equal(pil, ours)  # the resize the sidecar warns about gives other pixels
+    x = (theirs[None].astype(np.float32) / 255 - np.array(meta["mean"], np.float32)[:, None, None]) / np.array(meta["std"], np.float32)[:, None, None]
+    with torch.no_grad():  # the sidecar's scale and normalisation, then the exported file = gzoo on the uint8 view
+        expected = load_net(ckpt, "cpu")(torch.from_numpy(ours[None])).numpy()
+    np.testing.assert_allclose(load_exported(tmp_path / "model.pt")(x), expected, atol=1e-5)

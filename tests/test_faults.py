@@ -27,7 +27,7 @@ from gzoo.io import LOCK_NAME
 from gzoo.train import train
 from tests.conftest import ROOT, make_cfg, write_kaggle
 
-RUN = "outputs/default/b0/finetune"
+RUN = "outputs/default/tiny/finetune"
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_and_the_resumed_run_i
     DataLoader workers included, gets the signal; the run must stop at a batch, say what to do, and resume exactly."""
     out = tmp_path / "outputs"
     args = ["debug=tiny", *WORKERS, f"paths.output_root={out}", f"data.root={data}"]
-    last = out / "default/b0/finetune/checkpoints/last.ckpt"
+    last = out / "default/tiny/finetune/checkpoints/last.ckpt"
     with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
         one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the tests' own process (conftest): the same sums, bit for bit
         proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=so, stderr=se, start_new_session=True, env=one_thread)
@@ -193,7 +193,7 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_and_the_resumed_run_i
         line,
     )
     assert stopped_in and int(stopped_in[1]) in (epoch, epoch + 1), line
-    assert not (out / "default/b0/finetune" / LOCK_NAME).exists()
+    assert not (out / "default/tiny/finetune" / LOCK_NAME).exists()
     train(make_cfg(tmp_path, data, *WORKERS, "resume=true"))
     resumed = load(last)["state_dict"]
     assert resumed.keys() == uninterrupted_with_workers.keys()
@@ -356,13 +356,14 @@ def test_an_empty_labels_file_and_a_missing_one_say_what_to_set(tmp_path):
     [
         (
             "data.val_fraction=0",
-            "data.val_fraction=0 must be a number between 0 and 1 (e.g. 0.15): the best checkpoint, early stopping and the plateau schedule "
+            "data.val_fraction=0.0 must be a number between 0 and 1 (e.g. 0.15): the best checkpoint, early stopping and the plateau schedule "
             "follow val/rmse, so a run needs validation galaxies.",
         ),
-        ("data.batch_size=abc", "data.batch_size='abc' must be a positive integer."),
-        ("data.batch_size=-4", "data.batch_size=-4 must be a positive integer."),
-        ("model.image_size=0", "model.image_size=0 must be a positive integer (pixels)."),
-        ("data.num_workers=1.5", "data.num_workers=1.5 must be an integer >= 0."),
+        ("data.batch_size=-4", "data.batch_size=-4 must be >= 1."),
+        ("model.image_size=0", "model.image_size=0 must be >= 1."),
+        ("optim.lr=0", "optim.lr=0.0 must be > 0."),
+        ("phase.cache_views=9", "phase.cache_views=9 must be in [1, 8]."),
+        ("model.head=forest", "model.head=forest is not one of sigmoid, tree."),
         ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0 must be null, a positive integer or a fraction in (0, 1]"),
     ],
 )
@@ -370,6 +371,27 @@ def test_a_bad_option_is_refused_before_anything_is_read_or_written(tmp_path, ov
     with pytest.raises(GzooError) as stop:
         train(make_cfg(tmp_path, tmp_path / "no-data-here", override))  # the data would be refused next: the options come first
     assert str(stop.value).startswith(said)
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("data.batch_size=abc", "Error merging override data.batch_size=abc Value 'abc' of type 'str' could not be converted to Integer"),
+        ("data.num_workers=1.5", "Error merging override data.num_workers=1.5 Value '1.5' of type 'float' could not be converted to Integer"),
+        ("model.pretrained=maybe", "Error merging override model.pretrained=maybe Value 'maybe' is not a valid bool"),
+        ("data.no_such_key=1", "Could not override 'data.no_such_key'."),
+    ],
+)
+def test_a_wrong_type_or_unknown_key_is_one_sentence_from_the_schema(tmp_path, override, said, capsys):
+    """The schema (gzoo/options.py) types every option, so composition refuses a wrong type: the command line says so in one line."""
+    from gzoo.train import check_overrides
+
+    with pytest.raises(SystemExit) as stop:
+        check_overrides(["debug=tiny", f"paths.output_root={tmp_path / 'outputs'}", override])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"[gzoo] error: {said}") and line.endswith("python -m gzoo.train --help lists the groups and keys."), line
     assert not (tmp_path / "outputs").exists()
 
 

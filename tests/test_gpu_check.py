@@ -30,7 +30,7 @@ def test_the_dry_run_makes_every_figure_and_both_phases_checkpoints(tmp_path, ca
             assert row[f"{path}_img_s"] > 0 and 0 <= row[f"{path}_wait"] <= 1
         assert row["alone_img_s"] > 0 and row["predict_tta1_img_s"] > 0 and row["predict_tta8_img_s"] > 0
     for phase in ("finetune", "fulltune"):
-        ckpts = tmp_path / "runs/gpu_check/b0" / phase / "checkpoints"
+        ckpts = tmp_path / "runs/gpu_check/tiny" / phase / "checkpoints"
         assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
         assert report["training_run"][phase]["steps"] >= 1
     table = capsys.readouterr().out

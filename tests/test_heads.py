@@ -51,7 +51,7 @@ def test_tree_head_switches_on_after_tree_after_epochs(tmp_path):
         "+callbacks.model_checkpoint.save_top_k=-1",
     )
     train(cfg)
-    ckpts = tmp_path / "outputs" / "default" / "b0" / "finetune" / "checkpoints"
+    ckpts = tmp_path / "outputs" / "default" / "tiny" / "finetune" / "checkpoints"
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     inconsistency = {}
     for epoch in (0, 1):

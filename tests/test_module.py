@@ -10,7 +10,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 
-from gzoo import net as gn
+from gzoo import weights
 from gzoo.errors import GzooError
 from gzoo.metrics import masked_mse
 from gzoo.module import GalaxyZooModule
@@ -119,7 +119,7 @@ def test_lr_is_cut_by_0_8_after_4_epochs_without_improvement():
 
 def test_unfetchable_weights_stop_with_one_sentence_and_never_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(gn, "_weights_in_cache", lambda name: False)
+    monkeypatch.setattr(weights, "weights_in_cache", lambda name: False)
     created = []
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: created.append(k) or pytest.fail("must not build a model"))
     with pytest.raises(GzooError, match=r"could not fetch the pretrained weights of tf_efficientnet_b0.in1k .*model.pretrained=false.*model.weights=PATH") as e:

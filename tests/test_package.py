@@ -59,4 +59,4 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_from_a_folder_outside_the_chec
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "best val/rmse" in run.stdout
-    assert (work / "outputs/default/b0/finetune/checkpoints/best.ckpt").is_file()
+    assert (work / "outputs/default/tiny/finetune/checkpoints/best.ckpt").is_file()

@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gzoo import predict, schema
+from gzoo import inference, predict, schema
 from gzoo.errors import GzooError
+from gzoo.inference import predict_images
 from gzoo.module import load_net
-from gzoo.predict import PredictOptions, predict_images
+from gzoo.predict import PredictOptions
 from tests.conftest import write_kaggle
 
 
@@ -82,14 +83,14 @@ def test_tta8_is_exactly_invariant_to_right_angle_rotations_and_flips(ckpt):
 
 
 def test_an_interrupted_prediction_leaves_no_file(ckpt, images, tmp_path, monkeypatch):
-    real = predict.predict_loader
+    real = inference.predict_loader
 
     def interrupted(*args, **kwargs):
         batches = real(*args, **kwargs)
         yield next(batches)  # the first batch reaches the file ...
         raise KeyboardInterrupt  # ... then the user presses Ctrl-C
 
-    monkeypatch.setattr(predict, "predict_loader", interrupted)
+    monkeypatch.setattr(inference, "predict_loader", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2))
     assert list(tmp_path.iterdir()) == []  # neither sub.csv nor a temporary file

@@ -81,8 +81,8 @@ def test_the_option_check_catches_a_wrong_name():
     assert option_mentions("`data.cache_crops=auto`") == [("data.cache_crops", "data.cache_crops=auto")]
     assert not option_exists("data.cache_crops", "data.cache_crops=auto")
     assert option_exists("data.crop_cache", "data.crop_cache=auto")
-    assert option_exists("trainer.strategy", "trainer.strategy=ddp")  # in one option of the group (trainer=ddp)
-    assert not option_exists("trainer.strategy", "trainer=default trainer.strategy=ddp")  # not in the option the line picks
+    assert option_exists("data.synth.n_train", "data.synth.n_train=5")  # in one option of the group (data=synthetic)
+    assert not option_exists("data.synth.n_train", "data=gz2 data.synth.n_train=5")  # not in the option the line picks
     assert option_mentions("optim.py  the optimiser\n```python\nmodel.predict(x)\n```") == []
 
 

@@ -1,6 +1,7 @@
 """The recipe's start and finish: the tail starts at the training mean, the frozen body's features are
 cached, the optimiser groups (paper, best), the honest warnings and the 8-view TTA score at the end."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,11 +13,11 @@ import torch
 from gzoo import optim as go
 from gzoo.data import GalaxyZooDataModule
 from gzoo.errors import GzooError
-from gzoo.features import VIEW_ORDER, exact_views, feature_datamodule
+from gzoo.feature_cache import VIEW_ORDER, feature_datamodule
+from gzoo.inference import dihedral_views, predict_loader
 from gzoo.metrics import rmse
 from gzoo.module import GalaxyZooModule, load_net
 from gzoo.net import GalaxyNet
-from gzoo.predict import dihedral_views, predict_loader
 from gzoo.train import train
 from tests.conftest import make_cfg, write_kaggle
 
@@ -62,10 +63,14 @@ def tiny(data):
     return GalaxyNet("test_efficientnet", pretrained=False, image_size=32).eval(), dm
 
 
-def test_exact_views_are_the_dihedral_views_in_the_cache_order():
+def test_the_cache_takes_the_dihedral_views_in_its_order():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    assert torch.equal(exact_views(x, 8), dihedral_views(x)[:, list(VIEW_ORDER)])
-    assert torch.equal(exact_views(x, 1)[:, 0], x) and len(set(VIEW_ORDER)) == 8
+    every = dihedral_views(x)  # TTA-8's views; view v: v % 4 quarter turns of x, or of its mirror for v >= 4
+    expected = torch.stack([torch.rot90(m, k, dims=(-2, -1)) for m in (x, x.flip(-1)) for k in range(4)], dim=1)
+    assert torch.equal(every, expected)
+    assert torch.equal(dihedral_views(x, VIEW_ORDER), every[:, list(VIEW_ORDER)])  # the cache's views: the same pixels
+    assert torch.equal(dihedral_views(x, VIEW_ORDER[:1])[:, 0], x) and len(set(VIEW_ORDER)) == 8
+    assert not torch.equal(dihedral_views(x, VIEW_ORDER[:2]), every[:, :2])  # negative control: the order matters
 
 
 def test_cached_features_are_the_bodys_features_of_each_view(tmp_path, tiny):
@@ -74,7 +79,7 @@ def test_cached_features_are_the_bodys_features_of_each_view(tmp_path, tiny):
     i = 5
     image = dm.dataset("train", views=(0.0,))[i]["image"]  # (1, 3, S, S): the evaluation view
     with torch.no_grad():
-        expected = net.features(exact_views(image, 3)[0]).half()
+        expected = net.features(dihedral_views(image, VIEW_ORDER[:3])[0]).half()
     close = lambda a, b: torch.allclose(a.float(), b.float(), rtol=2e-3, atol=1e-5)  # float16, and other batch shapes
     assert close(fdm.train_set.features[i], expected)
     assert not close(fdm.train_set.features[i + 1], expected)  # negative control: another galaxy
@@ -108,7 +113,7 @@ def test_the_cache_is_reused_and_rebuilt_when_its_inputs_change(tmp_path, tiny, 
 
 def test_a_cached_finetune_is_an_ordinary_checkpoint_scored_the_same_on_images(tmp_path, data, capsys):
     metrics = train(make_cfg(tmp_path, data, *QUICK, "phase.cache_features=true", "phase.cache_views=2", "trainer.max_epochs=3", "optim.lr=3e-3"))
-    run = tmp_path / "outputs/default/b0/finetune"
+    run = tmp_path / "outputs/default/tiny/finetune"
     assert len(list((run / "features").glob("features-*.pt"))) == 1
     assert len(metrics["history"]) == 3 and metrics["val/rmse"] < metrics["val/rmse_baseline"]
     # the best checkpoint, loaded as prediction loads it, scores the validation images as the cached run scored them
@@ -125,7 +130,7 @@ def test_a_cached_finetune_is_an_ordinary_checkpoint_scored_the_same_on_images(t
 def test_cache_features_needs_a_frozen_body(tmp_path, data):
     with pytest.raises(GzooError, match=r"phase.cache_features=true needs a frozen body \(phase.freeze_body=true\)"):
         train(make_cfg(tmp_path, data, "phase.cache_features=true", "phase.freeze_body=false"))
-    with pytest.raises(GzooError, match="phase.cache_views must be between 1 and 8"):
+    with pytest.raises(GzooError, match=r"phase.cache_views=9 must be in \[1, 8\]\."):
         train(make_cfg(tmp_path, data, "phase.cache_features=true", "phase.cache_views=9", "name=v"))
 
 
@@ -133,12 +138,14 @@ def test_cache_features_needs_a_frozen_body(tmp_path, data):
 
 
 def test_optim_check_refuses_unknown_keys_and_bad_values():
-    assert go.check({}) == go.PAPER
+    from gzoo.options import OptimOptions
+
+    assert go.check({}) == dataclasses.asdict(OptimOptions())  # the paper's recipe, from the schema
     with pytest.raises(GzooError, match="optim.momentum is not an optimiser setting"):
         go.check({"momentum": 0.9})
-    with pytest.raises(GzooError, match="optim.optimizer must be one of adam, adamw"):
+    with pytest.raises(GzooError, match="optim.optimizer=sgd is not one of adam, adamw"):
         go.check({"optimizer": "sgd"})
-    with pytest.raises(GzooError, match=r"optim.layer_decay must be a number in \(0, 1\]"):
+    with pytest.raises(GzooError, match=r"optim.layer_decay=1.5 must be in \(0, 1\]"):
         go.check({"layer_decay": 1.5})
 
 

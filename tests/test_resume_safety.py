@@ -21,7 +21,7 @@ from gzoo.io import lock_folder
 from gzoo.train import null_groups, train
 from tests.conftest import ROOT, make_cfg, write_kaggle
 
-RUN = "outputs/default/b0/finetune"
+RUN = "outputs/default/tiny/finetune"
 SMALL = ["data.val_fraction=0.25", "trainer.max_epochs=2"]
 
 
@@ -192,7 +192,7 @@ def test_an_unusable_checkpoint_is_one_sentence_and_leaves_no_folder(tmp_path, t
     other = tmp_path / "other"  # another model's checkpoint, given to resume=
     train(make_cfg(other, data, *SMALL, "model.hidden=8", "name=other"))
     with pytest.raises(GzooError, match=r"holds a network with model.hidden=8, not 64"):
-        train(make_cfg(tmp_path, data, *SMALL, f"resume={other}/outputs/other/b0/finetune/checkpoints/last.ckpt"))
+        train(make_cfg(tmp_path, data, *SMALL, f"resume={other}/outputs/other/tiny/finetune/checkpoints/last.ckpt"))
     assert not (tmp_path / "outputs" / "default").exists()  # no half-made run folder blocks the next run
     train(make_cfg(tmp_path, data, *SMALL))
 
@@ -207,7 +207,7 @@ def test_init_from_with_other_labels_loads_the_body_and_starts_a_new_tail(tmp_pa
     result = train(make_cfg(tmp_path, data, *SMALL, *own))
     assert "was trained with data.labels=gz2, not [is_bar]: its body is loaded" in capsys.readouterr().out
     theirs = load(metrics["best_checkpoint"])["state_dict"]
-    ours = load(tmp_path / "outputs/default/b0/fulltune/checkpoints/last.ckpt")["state_dict"]
+    ours = load(tmp_path / "outputs/default/tiny/fulltune/checkpoints/last.ckpt")["state_dict"]
     assert ours["net.tail.3.weight"].shape[0] == 1 and theirs["net.tail.3.weight"].shape[0] == 37
     assert result["val/rmse"] == result["val/rmse"]  # a number: it trained
 
@@ -257,4 +257,4 @@ def test_a_sweep_goes_on_after_a_job_that_fails_a_check_and_lists_it(tmp_path, d
     assert "Traceback" not in done.stderr
     assert "[gzoo] error: 2 jobs of the sweep stopped" in done.stderr
     assert done.stderr.count("1 galaxies are too few to split") == 4  # said when each job stops, and again in the list
-    assert sorted(p.parts[-5] for p in tmp_path.glob("*/b0/finetune/checkpoints/last.ckpt")) == ["a", "b"]  # the good jobs ran, the later one too
+    assert sorted(p.parts[-5] for p in tmp_path.glob("*/tiny/finetune/checkpoints/last.ckpt")) == ["a", "b"]  # the good jobs ran, the later one too

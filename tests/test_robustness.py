@@ -40,7 +40,7 @@ def interrupt(tmp_path, data, sig):
     args = ["debug=tiny", *EXACT, f"paths.output_root={out}", f"data.root={data}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as the in-process reference run (tests/conftest.py)
     proc = subprocess.Popen([sys.executable, "-m", "gzoo.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    last = out / "default/b0/finetune/checkpoints/last.ckpt"
+    last = out / "default/tiny/finetune/checkpoints/last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -54,7 +54,7 @@ def interrupt(tmp_path, data, sig):
 def uninterrupted(tmp_path_factory, data):
     tmp = tmp_path_factory.mktemp("ref")
     metrics = train(make_cfg(tmp, data, *EXACT))
-    return metrics, weights(tmp / "outputs/default/b0/finetune/checkpoints/last.ckpt")
+    return metrics, weights(tmp / "outputs/default/tiny/finetune/checkpoints/last.ckpt")
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, data, unin
         assert returncode == -signal.SIGKILL
     metrics = train(make_cfg(tmp_path, data, *EXACT, "resume=true"))
     ref_metrics, ref_weights = uninterrupted
-    assert same_weights(weights(tmp_path / "outputs/default/b0/finetune/checkpoints/last.ckpt"), ref_weights)
+    assert same_weights(weights(tmp_path / "outputs/default/tiny/finetune/checkpoints/last.ckpt"), ref_weights)
     assert metrics["val/rmse"] == ref_metrics["val/rmse"]
 
 
@@ -78,7 +78,7 @@ def test_same_seed_gives_identical_val_rmse_and_weights(tmp_path, data):
     first = train(make_cfg(tmp_path, data, *short, "name=first"))
     again = train(make_cfg(tmp_path, data, *short, "name=again"))
     assert again["val/rmse"] == first["val/rmse"]
-    assert same_weights(*(weights(tmp_path / f"outputs/{n}/b0/finetune/checkpoints/last.ckpt") for n in ("first", "again")))
+    assert same_weights(*(weights(tmp_path / f"outputs/{n}/tiny/finetune/checkpoints/last.ckpt") for n in ("first", "again")))
     other_seed = train(make_cfg(tmp_path, data, *short, "seed=7", "name=other"))
     assert other_seed["val/rmse"] != again["val/rmse"]
 
@@ -101,7 +101,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         GzooError, match=r"the training loss became nan at step 6 \(epoch 1, batch 0\); the run stopped and .*last.ckpt holds the last good weights"
     ):
         train(make_cfg(tmp_path, data, "trainer.max_epochs=3", "data.val_fraction=0.25"))
-    last = torch.load(tmp_path / "outputs/default/b0/finetune/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "outputs/default/tiny/finetune/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
@@ -127,7 +127,7 @@ def test_bad_images_in_training_error_by_default_and_are_listed_when_skipped(tmp
     assert not (tmp_path / "outputs/default").exists()
 
     train(make_cfg(tmp_path, tmp_path / "gz2", "data.on_bad_image=skip", "data.val_fraction=0.25"))
-    listed = (tmp_path / "outputs/default/b0/finetune/skipped_images.csv").read_text().splitlines()
+    listed = (tmp_path / "outputs/default/tiny/finetune/skipped_images.csv").read_text().splitlines()
     assert listed[0] == "path,reason" and sorted(line.split(",")[0] for line in listed[1:]) == sorted(map(str, unreadable))
 
 
@@ -149,7 +149,7 @@ def test_bad_images_in_prediction_error_by_default_and_are_listed_when_skipped(t
 
     unreadable, odd = bad_image_folder(tmp_path / "gz2")
     train(make_cfg(tmp_path, write_kaggle(tmp_path / "good", n=16), "data.val_fraction=0.25"))
-    ckpt = tmp_path / "outputs/default/b0/finetune/checkpoints/best.ckpt"
+    ckpt = tmp_path / "outputs/default/tiny/finetune/checkpoints/best.ckpt"
     images = tmp_path / "gz2" / "images_training_rev1"
     with pytest.raises(GzooError, match=r"\.jpg"):
         predict(PredictOptions(ckpt=ckpt, images=images, out=tmp_path / "sub.csv", num_workers=0, progress=False))

@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 
 import gzoo
-from gzoo import config, export, predict, schema
+from gzoo import config, export, inference, predict, schema
 from gzoo.errors import GzooError
-from gzoo.predict import PredictOptions, predict_images
+from gzoo.inference import predict_images
+from gzoo.predict import PredictOptions
 from tests.conftest import write_kaggle
 
 
@@ -193,7 +194,7 @@ def test_every_tools_front_door_turns_disks_and_signals_into_one_sentence(tmp_pa
 
 
 def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tmp_path, monkeypatch, sigterm_guard, capsys):
-    real = predict.predict_loader
+    real = inference.predict_loader
 
     def terminated(*a, **k):
         batches = real(*a, **k)
@@ -201,7 +202,7 @@ def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tm
         os.kill(os.getpid(), signal.SIGTERM)  # as SLURM or `timeout` sends it
         yield from batches
 
-    monkeypatch.setattr(predict, "predict_loader", terminated)
+    monkeypatch.setattr(inference, "predict_loader", terminated)
     assert predict.main(args(ckpt, images, tmp_path / "sub.csv", "batch_size=1")) == 143
     assert one_error_line(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
     assert list(tmp_path.iterdir()) == []  # no table, no temporary file, no lock

@@ -40,7 +40,7 @@ def numpy_val_rmse(ckpt, data_root, cfg):
 def test_finetune_then_fulltune(tmp_path, masked_data, monkeypatch):
     cfg = make_cfg(tmp_path, masked_data, "data.missing_labels=mask", "data.val_fraction=0.25", "trainer.max_epochs=2")
     metrics = train(cfg)
-    run = tmp_path / "outputs/default/b0/finetune"
+    run = tmp_path / "outputs/default/tiny/finetune"
     assert (run / "checkpoints/best.ckpt").is_file() and (run / "checkpoints/last.ckpt").is_file()
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
@@ -63,19 +63,19 @@ def test_finetune_then_fulltune(tmp_path, masked_data, monkeypatch):
     assert seen["state"].keys() == finetuned.keys()
     assert all(torch.equal(seen["state"][k], v) for k, v in finetuned.items())
     assert seen["frozen"] == []
-    assert (tmp_path / "outputs/default/b0/fulltune/checkpoints/best.ckpt").is_file()
+    assert (tmp_path / "outputs/default/tiny/fulltune/checkpoints/best.ckpt").is_file()
 
 
 def test_fulltune_without_finetune_says_which_command_makes_it(tmp_path, kaggle_dir):
     with pytest.raises(
-        GzooError, match=r"finetune/checkpoints/best.ckpt, which does not exist; make it first with `python -m gzoo.train phase=finetune model=b0"
+        GzooError, match=r"finetune/checkpoints/best.ckpt, which does not exist; make it first with `python -m gzoo.train phase=finetune model=tiny"
     ):
         train(make_cfg(tmp_path, kaggle_dir, "phase=fulltune"))
 
 
 def test_an_earlier_run_is_not_overwritten_unless_asked(tmp_path, kaggle_dir):
     train(make_cfg(tmp_path, kaggle_dir))
-    best = tmp_path / "outputs/default/b0/finetune/checkpoints/best.ckpt"
+    best = tmp_path / "outputs/default/tiny/finetune/checkpoints/best.ckpt"
     stamp = best.stat().st_mtime_ns
     with pytest.raises(GzooError, match="already holds a run; pass resume=true to continue it, overwrite=true to replace it"):
         train(make_cfg(tmp_path, kaggle_dir))
@@ -123,7 +123,7 @@ def test_command_line_user_error_is_one_sentence_without_traceback(tmp_path, kag
 @pytest.mark.parametrize(
     "override, said",
     [
-        ("foo=1", "Could not override 'foo'. To append to your config use +foo=1"),
+        ("foo=1", "Could not override 'foo'. Key 'foo' not in 'RunOptions'"),
         ("model=b9", "Could not find 'model/b9' Available options in 'model': b0, b1, b2, b3, b4, b5, b6, b7"),
         ("data.batch_size=[1", "no viable alternative at input '[1'"),
     ],

@@ -13,7 +13,7 @@ reads ``data.catalog`` (relative paths from the catalogue's folder). A row witho
 two rows naming one image file, are errors naming the rows. Decoded images are accepted too: a list of
 RGB uint8 arrays (H, W, 3), whose ids are their positions 0..N-1 in the column "index".
 Every image file gzoo reads is accepted (see gzoo.images). Both methods build their table with
-gzoo.predict.predict_table, the prediction tool's own loop; nothing downloads.
+gzoo.inference.predict_table, the prediction tool's own loop; nothing downloads.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import pandas as pd
 
 from gzoo.images import FitsStretch
+from gzoo.inference import image_source, predict_table
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import GalaxyNet
-from gzoo.predict import image_source, predict_table
 
 
 class Model:
@@ -67,7 +67,7 @@ class Model:
         Rows follow the source: a folder sorted by id, a list or DataFrame in its order. The id is the
         DataFrame's ``id_column`` when it has one, else the file name without its extension (an integer
         when it is all digits: the column is then GalaxyID, else id_str). ``tta``: views averaged per galaxy
-        (8 = right-angle rotations x mirror; see gzoo.predict). ``on_bad_image="skip"`` leaves unreadable
+        (8 = right-angle rotations x mirror; see gzoo.inference). ``on_bad_image="skip"`` leaves unreadable
         images out and says which; ``fits``: the stretch of FITS files (a FitsStretch or its fields as a dict).
         ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
         a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".

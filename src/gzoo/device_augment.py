@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from gzoo.errors import GzooError
-from gzoo.transforms import GalaxyWarp, _check_fraction, _crop_box
+from gzoo.transforms import GalaxyWarp, check_fraction, crop_box
 
 #: Where the recipe's augmentation runs: in the loader's workers or on the model's device.
 AUGMENT_ON = ("cpu", "device")
@@ -109,9 +109,9 @@ def warp_batch(frames: torch.Tensor, theta: torch.Tensor, size: int, crop_fracti
     One grid_sample for the batch. As GalaxyWarp does, an output smaller than the crop is
     warped at the crop's size and then shrunk by area (bilinear sampling alone would alias).
     """
-    _check_fraction(crop_fraction)
+    check_fraction(crop_fraction)
     b, h, w, _ = frames.shape
-    _, _, ch, cw = _crop_box((h, w), crop_fraction)
+    _, _, ch, cw = crop_box((h, w), crop_fraction)
     shrink = size < min(ch, cw)
     out = (ch, cw) if shrink else (size, size)
     x = frames.permute(0, 3, 1, 2).float()  # a view (channels-last strides), converted once

@@ -42,15 +42,15 @@ from torch.utils.tensorboard import SummaryWriter
 from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
+from gzoo.data.split import split_mismatch, split_record
+from gzoo.device import PRECISIONS
 from gzoo.errors import GzooError
 from gzoo.gallery import SEED_ANSWERS, answer_label
+from gzoo.inference import id_column_name, predict_loader, tta_angles
 from gzoo.io import atomic_open, output_lock, table_suffix, write_table
 from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
-from gzoo.net import PRECISIONS
-from gzoo.predict import id_column_name, predict_loader, tta_angles
-from gzoo.runsafety import split_mismatch, split_record
 
 OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
 
@@ -70,7 +70,7 @@ class OtherData:
 class EvaluateOptions:
     ckpt: Path = option(REQUIRED, "a checkpoint written by gzoo.train")
     split: str | None = option(None, "the part scored: val (default), test, train, or all (default for another folder)", choices=(None, *PARTS))
-    tta: list[int] = option([1, 8], "the test-time augmentations compared (views per galaxy; see gzoo.predict)", low=1)
+    tta: list[int] = option([1, 8], "the test-time augmentations compared (views per galaxy; see gzoo.inference)", low=1)
     out: Path | None = option(None, "the report folder (default <run_dir>/eval/<split>)")
     predictions: Path | None = option(None, "also write each galaxy's predictions (the largest tta) to this .csv or .parquet file (format by extension)")
     overwrite: bool = option(False, "replace an earlier report in out")
@@ -91,7 +91,7 @@ def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
 
 
 def checkpoint_record(ckpt: Path) -> dict | None:
-    """The split record a checkpoint carries (gzoo.runsafety.RecordSplit), or None (none, or not a checkpoint: load_net says so)."""
+    """The split record a checkpoint carries (gzoo.data.split.RecordSplit), or None (none, or not a checkpoint: load_net says so)."""
     if not ckpt.is_file():
         return None  # load_net says so in its own sentence
     try:
@@ -101,7 +101,7 @@ def checkpoint_record(ckpt: Path) -> dict | None:
 
 
 def check_split(ckpt: Path, cfg: DictConfig, config: Path) -> None:
-    """The run config describes the split the checkpoint was trained on (its record, see gzoo.runsafety.RecordSplit),
+    """The run config describes the split the checkpoint was trained on (its record, see gzoo.data.split.RecordSplit),
     so that split=val scores galaxies the model never trained on; a checkpoint without a record is not checked."""
     record = checkpoint_record(ckpt)
     if record is None:

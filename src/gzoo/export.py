@@ -5,8 +5,11 @@
 
 The exported network takes a float32 batch (N, 3, S, S) of normalised images (the central
 crop resized to S x S, RGB / 255, then (x - mean) / std per channel) and returns the 37 vote
-fractions (N, 37) in Kaggle column order. ``<out>.json`` beside it records S, the crop,
-mean, std, the columns and the head. :func:`load_exported` runs either file from numpy.
+fractions (N, 37) in Kaggle column order. ``<out>.json`` beside it records everything another
+program needs to make that input as gzoo does (:func:`preprocessing`): the crop, S, the resize's
+OpenCV interpolation (cv2.INTER_AREA; PIL's resize gives other pixels), the channel order (RGB),
+the value scale (/ 255), mean, std, the layout (NCHW), the columns and the head.
+:func:`load_exported` runs either file from numpy.
 The two files appear together or not at all: a failed export (a full disk) leaves any earlier
 pair as it was, and a second export to the same out while one runs is refused.
 """
@@ -27,7 +30,7 @@ from gzoo.config import REQUIRED, option, run_tool
 from gzoo.errors import GzooError
 from gzoo.io import atomic_write_together, output_lock, write_failure
 from gzoo.log import say
-from gzoo.module import load_net
+from gzoo.module import gzoo_version, load_net
 from gzoo.net import GalaxyNet
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -67,16 +70,13 @@ def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None
             model = _onnx_bytes(network, example) if format == "onnx" else _torchscript_bytes(network, example)
         meta = {
             "format": format,
-            "image_size": network.image_size,
-            "crop_fraction": network.crop_fraction,
-            "mean": list(network.mean),
-            "std": list(network.std),
-            "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB/255, (x - mean) / std",
+            **preprocessing(network),
             "output": f"float32 (N, {len(network.labels)}): vote fractions in the order of columns",
             "columns": list(network.labels),
             "head": network.head,
             "timm_name": network.timm_name,
             "checkpoint": str(ckpt),
+            "gzoo_version": gzoo_version(),
         }
         try:
             atomic_write_together({out: model, sidecar_path(out): (json.dumps(meta, indent=2) + "\n").encode()})
@@ -87,6 +87,40 @@ def export(ckpt: str | Path, format: str = "onnx", out: str | Path | None = None
                 "free space there or choose another out=, then run the same command again."
             ) from None
     return out
+
+
+#: The OpenCV interpolation of gzoo's evaluation view (gzoo.transforms.CentralCropResize); a test checks that
+#: resizing with it reproduces gzoo.transforms.eval_transform bit for bit.
+RESIZE_INTERPOLATION = "cv2.INTER_AREA"
+
+
+def preprocessing(network: GalaxyNet) -> dict:
+    """The sidecar's account of the input, step by step, for a program without gzoo: decode to RGB uint8 (H, W, 3),
+    crop, resize, scale, normalise, lay out."""
+    size, fraction = network.image_size, network.crop_fraction
+    return {
+        "input": "float32 (N, 3, image_size, image_size): central crop, resized, RGB / 255, (x - mean) / std",
+        "crop_fraction": fraction,
+        "crop": (
+            f"the central round(H * {fraction}) x round(W * {fraction}) pixels of the decoded (H, W) image, "
+            "from row (H - round(H * crop_fraction)) // 2 and column (W - round(W * crop_fraction)) // 2"
+        ),
+        "image_size": size,
+        "resize": {
+            "to": [size, size],
+            "interpolation": RESIZE_INTERPOLATION,
+            "call": f"cv2.resize(crop, ({size}, {size}), interpolation={RESIZE_INTERPOLATION}) on the uint8 RGB crop",
+            "note": "PIL's resize (and torchvision's) differs: other pixels, other predictions",
+        },
+        "dtype_before_scale": "uint8",
+        "channel_order": "RGB",
+        "value_scale": "x / 255 (float32, 0 ... 1)",
+        "mean": list(network.mean),
+        "std": list(network.std),
+        "normalise": "(x / 255 - mean[c]) / std[c] per channel c, in RGB order",
+        "layout": "NCHW",
+        "dtype": "float32",
+    }
 
 
 def _torchscript_bytes(network: GalaxyNet, example: torch.Tensor) -> bytes:

@@ -416,3 +416,21 @@ def folder_in_use(folder: str | Path) -> str | None:
     if holder is None or not _holder_runs(lock, holder):
         return None
     return f"pid {holder['pid']} on {holder['host']}, started {holder.get('started_at', '?')}: {holder.get('command') or 'command unknown'}"
+
+
+# ----------------------------------------------------------------------------- folders and checkpoints of a run
+
+
+def check_writable(folder: Path | str, option: str = "paths.output_root") -> None:
+    """``folder`` (or the nearest folder above it that exists, where it would be made) can be written,
+    tried by making and removing an empty folder in it (permission bits say little to root)."""
+    folder = Path(folder).absolute()
+    parent = next(p for p in (folder, *folder.parents) if p.exists())
+    probe = parent / f".gzoo-write-test-{os.getpid()}"
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(parent))
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise GzooError(f"{write_failure(e, probe)}; set {option} to a folder you can write to.") from None

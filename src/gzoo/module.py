@@ -7,15 +7,18 @@ the tree head, and the optimiser with its schedule.
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from gzoo.device import resolve_device
 from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.metrics import MaskedRMSE, masked_mse
-from gzoo.net import GalaxyNet, resolve_device
+from gzoo.net import GalaxyNet
 from gzoo.optim import check as check_optim
 from gzoo.optim import configure as configure_optim
 
@@ -63,16 +66,24 @@ class GalaxyZooModule(L.LightningModule):
         self.train_rmse, self.val_rmse, self.test_rmse = MaskedRMSE(), MaskedRMSE(), MaskedRMSE()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GalaxyZooModule:
-        """Load a trained module; the weights come from the file, so nothing is downloaded."""
-        path = Path(path)
-        if not path.is_file():
-            raise GzooError(f"checkpoint {path} not found.")
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", option: str | None = None) -> GalaxyZooModule:
+        """Load a trained module; the weights come from the file, so nothing is downloaded.
+
+        The file is read and its format checked by :func:`read_checkpoint` (``option`` names it in an error,
+        e.g. ckpt; None says "checkpoint PATH"); the module is built from its hyper-parameters, as Lightning's
+        ``load_from_checkpoint`` builds it, without that second read of the file."""
+        ckpt = read_checkpoint(path, option, map_location)
+        init = inspect.signature(cls.__init__).parameters
         try:
-            return cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights=None)
-        except Exception as e:  # not a checkpoint, or not one of ours
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise GzooError(f"checkpoint {path} cannot be loaded as a gzoo model ({reason}).") from None
+            module = cls(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in init} | {"pretrained": False, "weights": None})
+            module.on_load_checkpoint(ckpt)
+            module.load_state_dict(ckpt["state_dict"])
+        except GzooError:
+            raise
+        except Exception as e:  # a gzoo checkpoint whose weights do not fit the network its hyper-parameters describe
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GzooError(f"{_named(path, option)} cannot be loaded as a gzoo model ({reason[:300]}).") from None
+        return module
 
     def train(self, mode: bool = True) -> GalaxyZooModule:
         """A frozen body stays in eval mode, so its BatchNorm statistics do not drift. With
@@ -102,6 +113,8 @@ class GalaxyZooModule(L.LightningModule):
         self.net.head = "sigmoid" if early else self.hparams.head
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gzoo_format"] = CHECKPOINT_FORMAT  # what the file holds; read_checkpoint reads by it
+        checkpoint["gzoo_version"] = gzoo_version()  # who wrote it, for the sentence that refuses another format
         checkpoint["active_head"] = self.net.head  # a loaded model uses the head it was saved with
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -156,22 +169,68 @@ NETWORK_KEYS = {"timm_name": "model.timm_name", "image_size": "model.image_size"
 NETWORK_KEYS |= {"crop_fraction": "data.crop_fraction"}
 
 
-def read_checkpoint(path: str | Path, option: str) -> dict:
-    """A gzoo checkpoint file as a dict (its "state_dict" and "hyper_parameters" present), or a GzooError that
-    names ``option`` (e.g. ``phase.init_from``) and the file: missing, cut short, or not a gzoo checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise GzooError(f"{option}={path}: no such checkpoint file.")
+#: The layout of the checkpoints gzoo writes; read_checkpoint loads this one only. Format 2: Lightning's checkpoint of a
+#: GalaxyZooModule, its weights named ``net.body.*`` (the timm body) and ``net.tail.*``, its hyper_parameters the
+#: constructor's arguments (timm_name, image_size, hidden, head, labels, crop_fraction, mean, std, ...), plus
+#: "gzoo_split" (gzoo.data.split.RecordSplit), "active_head", "gzoo_format" and "gzoo_version". Change the layout, and this
+#: number goes up, with a rule in checkpoint_format for the formats it can still read.
+CHECKPOINT_FORMAT = 2
+
+
+def gzoo_version() -> str:
+    """The installed gzoo's version, written into every checkpoint ("unknown" when gzoo runs uninstalled)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return importlib.metadata.version("gzoo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def checkpoint_format(ckpt: dict, named: str = "the checkpoint") -> int:
+    """The format of a loaded checkpoint dict, when this gzoo reads it (:data:`CHECKPOINT_FORMAT`); otherwise a
+    GzooError: one sentence naming the file (``named``), the format found and what to do.
+
+    A checkpoint without "gzoo_format" is read as format 2 when it is one (written by gzoo 0.1.0 before checkpoints
+    carried their format: weights ``net.body.*``, hyper_parameters with timm_name); any other is older."""
+    found = ckpt.get("gzoo_format")
+    if found is None and any(k.startswith("net.body.") for k in ckpt["state_dict"]) and "timm_name" in ckpt["hyper_parameters"]:
+        found = 2  # today's layout, saved before the format was recorded: the same keys, so it loads as it is
+    if found == CHECKPOINT_FORMAT:
+        return found
+    here = f"this gzoo ({gzoo_version()}) reads format {CHECKPOINT_FORMAT}"
+    if found is None:
+        raise GzooError(
+            f"{named} was written before checkpoints carried a format (gzoo 0.1.0 or earlier; its weights are not named net.body.*), "
+            f"and {here}: load it with the gzoo version that wrote it and export it (gzoo.export), or retrain."
+        )
+    wrote = ckpt.get("gzoo_version", "unknown")
+    raise GzooError(
+        f"{named} is a checkpoint of format {found} written by gzoo {wrote}, and {here}: "
+        f"load it with gzoo {wrote} (the version that wrote it) and export it (gzoo.export), or retrain."
+    )
+
+
+def read_checkpoint(path: str | Path, option: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """A gzoo checkpoint file as a dict (its "state_dict" and "hyper_parameters" present, of :data:`CHECKPOINT_FORMAT`),
+    or a GzooError that names ``option`` (e.g. ``phase.init_from``; None: "checkpoint PATH") and the file: missing,
+    cut short, not a gzoo checkpoint, or of another format (:func:`checkpoint_format`)."""
+    path = Path(path)
+    named = _named(path, option)
+    if not path.is_file():
+        raise GzooError(f"{named}: no such checkpoint file." if option else f"{named} not found.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated zip, a file of another kind: torch raises many kinds
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GzooError(
-            f"{option}={path} cannot be read as a checkpoint ({reason}); it may be cut short by a kill or a full disk: point {option} at a complete checkpoint."
-        ) from None
+        point = f"point {option} at a complete checkpoint" if option else "use a complete checkpoint"
+        raise GzooError(f"{named} cannot be read as a checkpoint ({reason}); it may be cut short by a kill or a full disk: {point}.") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise GzooError(f"{option}={path} is not a checkpoint written by gzoo.train (no state_dict and hyper_parameters).")
+        raise GzooError(f"{named} is not a checkpoint written by gzoo.train (no state_dict and hyper_parameters).")
+    checkpoint_format(ckpt, named)
     return ckpt
+
+
+def _named(path: str | Path, option: str | None) -> str:
+    return f"{option}={path}" if option else f"checkpoint {path}"
 
 
 def network_of(hparams: dict) -> dict:

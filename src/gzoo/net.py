@@ -12,12 +12,8 @@ it for training with Lightning (loss, metrics, freezing, optimiser).
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import timm
@@ -28,20 +24,9 @@ from gzoo import schema
 from gzoo.errors import GzooError
 from gzoo.heads import HEADS
 from gzoo.transforms import normalise_batch
-from gzoo.weights import PACKAGED, packaged_weights, read_state_dict
-
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-
+from gzoo.weights import PACKAGED, hub_id, no_weights_message, packaged_weights, read_state_dict, require_hub_weights
 
 # ----------------------------------------------------------------------------- the body
-
-
-def hub_id(timm_name: str) -> str | None:
-    """The Hugging Face repository of an ``hf_hub:owner/name`` (or ``hf-hub:``) model name, else None."""
-    for prefix in ("hf_hub:", "hf-hub:"):
-        if timm_name.startswith(prefix):
-            return timm_name[len(prefix) :]
-    return None
 
 
 def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -65,8 +50,8 @@ def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 def create_body(timm_name: str, pretrained: bool, weights: str | None = None) -> nn.Module:
     """The timm model without its classifier, pretrained as asked, never silently random."""
     backbone_norm(timm_name)  # the name check, with its one sentence
-    if hub_id(timm_name) and not _weights_in_cache(timm_name) and not hub_reachable():  # its config and weights live on the hub
-        raise GzooError(_no_weights_message(timm_name, "the Hugging Face hub cannot be reached and they are not in the local cache"))
+    if hub_id(timm_name):  # its config and weights live on the hub
+        require_hub_weights(timm_name)
     if pretrained and not weights and timm_name.split(".")[0] in PACKAGED:
         weights = str(packaged_weights(timm_name))  # ImageNet weights from an installed package: no hub needed
     if weights:
@@ -83,42 +68,11 @@ def create_body(timm_name: str, pretrained: bool, weights: str | None = None) ->
         return body
     if not pretrained:
         return timm.create_model(timm_name, num_classes=0, pretrained=False)
-    if not _weights_in_cache(timm_name) and not hub_reachable():
-        raise GzooError(_no_weights_message(timm_name, "the Hugging Face hub cannot be reached and they are not in the local cache"))
+    require_hub_weights(timm_name)
     try:
         return timm.create_model(timm_name, num_classes=0, pretrained=True)
     except Exception as e:
-        raise GzooError(_no_weights_message(timm_name, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
-
-
-def _no_weights_message(timm_name: str, reason: str) -> str:
-    return (
-        f"could not fetch the pretrained weights of {timm_name} ({reason}); "
-        "pass model.pretrained=false to train from scratch, model.weights=PATH to load a local timm state dict, "
-        "or run with a pre-filled Hugging Face cache (HF_HOME, HF_HUB_OFFLINE=1)."
-    )
-
-
-def _weights_in_cache(timm_name: str) -> bool:
-    """Whether the Hugging Face cache already holds this model's weights."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = hub_id(timm_name) or timm.models.get_pretrained_cfg(timm_name).hf_hub_id
-    if not repo:
-        return False
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick check that the hub answers, so an offline machine fails in seconds, not after minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+        raise GzooError(no_weights_message(timm_name, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
 
 
 # ----------------------------------------------------------------------------- the network
@@ -206,34 +160,3 @@ class GalaxyNet(nn.Module):
         if compile:
             self.body.compile()  # nn.Module.compile: in place, keeps the parameter names of checkpoints
         return self
-
-
-# ----------------------------------------------------------------------------- devices and precision
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` = the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise GzooError(f"device={device!r} is not a torch device; use auto, cpu or cuda.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GzooError(f"device={device} was asked for, but no GPU is visible; use device=auto or device=cpu.")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Lightning's precision names; ``auto`` = bf16-mixed on a GPU that has it, else exact 32-bit."""
-    if precision not in PRECISIONS:
-        raise GzooError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "auto":
-        return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a precision (as Lightning's Trainer applies it in training)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(resolve_precision(precision, device))
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()

@@ -12,6 +12,7 @@ Weight decay never applies to biases and normalisation weights (timm's parameter
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -19,48 +20,23 @@ import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
+from gzoo.config import check_values
 from gzoo.errors import GzooError
 
-#: The recipe's optimiser (conf/optim/paper.yaml holds the same values): also what a module built without ``optim`` uses.
-PAPER: dict[str, Any] = {
-    "name": "paper",
-    "optimizer": "adam",
-    "lr": 1.5e-4,
-    "weight_decay": 0.0,
-    "schedule": "plateau",
-    "lr_factor": 0.8,
-    "lr_patience": 4,
-    "warmup_epochs": 0.0,
-    "min_lr_fraction": 0.0,
-    "layer_decay": 1.0,
-}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULES = ("plateau", "cosine", "constant")
 
 
 def check(optim: dict[str, Any]) -> dict[str, Any]:
-    """The optim node with every key filled in from :data:`PAPER`, each value checked (one sentence if wrong)."""
-    unknown = set(optim) - set(PAPER)
+    """The optim node with every key filled in from OptimOptions' defaults (gzoo/options.py: the paper's recipe),
+    each value checked by the schema's ranges and choices (one sentence if wrong)."""
+    from gzoo.options import OptimOptions
+
+    defaults = dataclasses.asdict(OptimOptions())
+    unknown = set(optim) - set(defaults)
     if unknown:
-        raise GzooError(f"optim.{sorted(unknown)[0]} is not an optimiser setting; the settings are {', '.join(PAPER)}.")
-    o = {**PAPER, **optim}
-    if o["optimizer"] not in OPTIMIZERS:
-        raise GzooError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {o['optimizer']!r}.")
-    if o["schedule"] not in SCHEDULES:
-        raise GzooError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o['schedule']!r}.")
-    for key, low, high in (("lr", 0, None), ("weight_decay", 0, None), ("lr_factor", 0, 1), ("layer_decay", 0, 1), ("min_lr_fraction", 0, 1)):
-        value = o[key]
-        if (
-            not isinstance(value, (int, float))
-            or value < low
-            or (high is not None and value > high)
-            or (key in ("lr", "lr_factor", "layer_decay") and value == 0)
-        ):
-            raise GzooError(
-                f"optim.{key} must be a number in {'(' if key in ('lr', 'lr_factor', 'layer_decay') else '['}{low}, {high or 'inf'}], got {value!r}."
-            )
-    if not isinstance(o["lr_patience"], int) or o["lr_patience"] < 0 or not isinstance(o["warmup_epochs"], (int, float)) or o["warmup_epochs"] < 0:
-        raise GzooError(f"optim.lr_patience and optim.warmup_epochs must be >= 0, got {o['lr_patience']!r} and {o['warmup_epochs']!r}.")
+        raise GzooError(f"optim.{sorted(unknown)[0]} is not an optimiser setting; the settings are {', '.join(defaults)}.")
+    o = {**defaults, **optim}
+    check_values(o, OptimOptions, "optim.")
     return o
 
 

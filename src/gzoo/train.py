@@ -7,12 +7,11 @@ only swappable parts (callbacks, loggers, extra augmentations) come from ``_targ
 Order of work: check every option -> lock the run folder -> validate the data -> check the
 output folder -> build the model -> fit -> score the best checkpoint -> write metrics.json.
 Nothing but the lock is written to the run folder before the data is known to be good (see
-runsafety.py for the lock, the signals and the checkpoint writer).
+run_guard.py for the lock and the signals, io.py for the checkpoint writer).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import re
 import shutil
@@ -32,16 +31,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from gzoo import schema
 from gzoo.callbacks import EpochHistory, StepSeed
+from gzoo.config import fields as option_fields
+from gzoo.config import front_door
+from gzoo.config import shown as shown_value
 from gzoo.data import GalaxyZooDataModule
-from gzoo.errors import GzooError, NonFiniteLossError, RunInterrupted
-from gzoo.features import feature_datamodule
-from gzoo.io import atomic_open, atomic_write_text, folder_in_use, write_failure
+from gzoo.data.split import RecordSplit, split_mismatch
+from gzoo.device import PRECISIONS
+from gzoo.errors import GzooError, NonFiniteLossError
+from gzoo.feature_cache import feature_datamodule
+from gzoo.inference import predict_loader
+from gzoo.io import atomic_open, atomic_write_text, check_writable, folder_in_use
 from gzoo.log import error, logger, say, warn
 from gzoo.metrics import baseline_rmse, rmse
 from gzoo.module import NETWORK_KEYS, GalaxyZooModule, load_net, network_of, read_checkpoint
-from gzoo.net import PRECISIONS
-from gzoo.predict import predict_loader
-from gzoo.runsafety import AtomicCheckpointIO, RecordSplit, RunGuard, StopOnSignal, check_run_options, check_writable, split_mismatch
+from gzoo.options import RunOptions, check_run_options
+from gzoo.run_guard import AtomicCheckpointIO, RunGuard, StopOnSignal
 
 CONF = Path(__file__).parent / "conf"
 
@@ -205,7 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one phase as configured; returns the final metrics (also written to metrics.json).
 
     Every option is checked before anything is read or written; the run folder is then locked until
-    the run ends, and SIGINT/SIGTERM stop it at a batch boundary with a RunInterrupted (runsafety.py).
+    the run ends, and SIGINT/SIGTERM stop it at a batch boundary with a RunInterrupted (run_guard.py).
     """
     check_run_options(cfg)
     absolute_paths(cfg)
@@ -360,29 +364,36 @@ def tta8_rmse(ckpt: Path, dm: GalaxyZooDataModule, device: torch.device, precisi
 
 
 def help_text(argv: list[str]) -> str:
-    """``python -m gzoo.train --help``: the groups, then every key of the chosen configs with its default and
-    comment, read from the YAML files themselves (Hydra's own help prints the composed config without comments)."""
-    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults)
-    chosen = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
-    chosen.update(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in chosen)  # e.g. model=b3 --help
+    """``python -m gzoo.train --help``: the groups (the chosen option marked), then every option of the run with its
+    value as composed for the groups chosen in ``argv`` (e.g. model=b3 --help) and its comment, from the schema
+    (gzoo/options.py), one section per group."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in null_groups(argv) if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    chosen = cfg.hydra.runtime.choices
     groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
     lines = [
         "python -m gzoo.train [group=option ...] [key=value ...]: train one phase (finetune, then fulltune).",
         "  -m: a sweep (e.g. -m model=b0,b1); --cfg job: print the composed config; --hydra-help: Hydra's own options.",
         "",
-        "Groups (group=option; the default marked *):",
+        "Groups (group=option; the chosen one marked *):",
     ]
     for g in groups:
-        options = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+        options = sorted(p.stem for p in (CONF / g).glob("*.yaml") if not p.stem.startswith("_"))
         lines.append(f"  {g}: " + ", ".join(f"{o}*" if o == chosen.get(g) else o for o in options))
-    files = [("train.yaml", "")] + [(f"{g}/{chosen[g]}.yaml", f"{g}.") for g in groups if chosen.get(g) not in (None, "null")]
-    for name, prefix in files:
-        text = (CONF / name).read_text()
-        body = [line for line in text.split("\n") if line.strip()]
-        if name == "train.yaml":  # its defaults list is shown above as the groups
-            start = next(i for i, line in enumerate(body) if line.startswith("name:"))
-            body = body[start:]
-        lines += ["", f"# --- {name}" + (f": keys {prefix}*" if prefix and "@package _global_" not in text else ""), *body]
+    section = None
+    for key, f, _ in option_fields(RunOptions):
+        head = key.split(".")[0] if "." in key else "run"
+        if head != section:
+            section = head
+            lines += ["", f"# --- {head}" + ("" if head == "run" else ".*")]
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        except Exception:  # an interpolation only Hydra's runtime resolves (hydra:job.num)
+            value = None
+        lines.append(f"  {key}={shown_value(value)}    # {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
@@ -409,6 +420,9 @@ def check_overrides(argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         text = str(e).split("Config search path:")[0]  # Hydra appends where it looked: not the user's concern
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
+        cause = str(e.__cause__ or "").strip().splitlines()  # a type the schema refuses: why, under Hydra's "Error merging override"
+        if cause and cause[0] not in text:
+            lines.insert(1, cause[0])
         said = " ".join(lines[:2])
         if len(lines) > 2 and lines[1].endswith(":"):  # "Available options in 'model':" then one per line
             said += " " + ", ".join(lines[2:])
@@ -466,22 +480,14 @@ class SweepSummary(Callback):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    try:
-        try:
-            return train(cfg)["val/rmse"]
-        except OSError as e:  # a disk that filled up or turned read-only under a write other than a checkpoint's
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
-                raise
-            raise GzooError(f"{write_failure(e, cfg.run_dir)}; free space there or set paths.output_root to a folder you can write to.") from None
-    except RunInterrupted as e:
-        logger.error(str(e))
-        sys.exit(e.status)  # 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM; a signal stops a sweep too
-    except GzooError as e:
-        error(str(e))
-        if _in_sweep():  # a sweep goes on with its other jobs, and SweepSummary lists this one at the end
-            _record_failed_job(str(e))
-            return float("nan")
-        sys.exit(2)
+    result: list[float] = []
+    status, said = front_door(lambda: result.append(train(cfg)["val/rmse"]), sigterm=False)  # run_guard.py handles signals
+    if status == 2 and _in_sweep():  # a sweep goes on with its other jobs, and SweepSummary lists this one at the end
+        _record_failed_job(said or "")
+        return float("nan")
+    if status:
+        sys.exit(status)  # 2 for the user's problem; 130/143 for a signal, which stops a sweep too
+    return result[0]
 
 
 if __name__ == "__main__":

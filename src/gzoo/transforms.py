@@ -50,18 +50,19 @@ def central_crop(img: np.ndarray, fraction: float) -> np.ndarray:
     The recipe cuts the image into a 4x4 grid and keeps the central 2x2 tiles; as a
     fraction the same rule works for images of any size.
     """
-    top, left, ch, cw = _crop_box(img.shape[:2], fraction)
+    top, left, ch, cw = crop_box(img.shape[:2], fraction)
     return img[top : top + ch, left : left + cw]
 
 
-def _crop_box(shape: tuple[int, int], fraction: float) -> tuple[int, int, int, int]:
+def crop_box(shape: tuple[int, int], fraction: float) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the central crop."""
     h, w = shape
     ch, cw = round(h * fraction), round(w * fraction)
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def _check_fraction(fraction: float) -> None:
+def check_fraction(fraction: float) -> None:
+    """The one sentence for a crop fraction outside (0, 1]."""
     if not 0.0 < fraction <= 1.0:
         raise GzooError(f"data.crop_fraction must be in (0, 1], got {fraction}.")
 
@@ -100,7 +101,7 @@ class CentralCropResize(A.ImageOnlyTransform):
 
     def __init__(self, size: int, crop_fraction: float = 0.5, p: float = 1.0):
         super().__init__(p=p)
-        _check_fraction(crop_fraction)
+        check_fraction(crop_fraction)
         self.size, self.crop_fraction = size, crop_fraction
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
@@ -135,7 +136,7 @@ class GalaxyWarp(A.ImageOnlyTransform):
         p: float = 1.0,
     ):
         super().__init__(p=p)
-        _check_fraction(crop_fraction)
+        check_fraction(crop_fraction)
         self.size, self.crop_fraction = size, crop_fraction
         self.rotate, self.shift, self.zoom = rotate, shift, tuple(zoom)
         self.hflip, self.vflip, self.brightness = hflip, vflip, tuple(brightness)
@@ -175,7 +176,7 @@ class GalaxyWarp(A.ImageOnlyTransform):
         a02 = cx + int(shift[0] * w) - a00 * cx - a01 * cy
         a12 = cy + int(shift[1] * h) - a10 * cx - a11 * cy
         # Flip (x -> w - 1 - x), crop (x -> x - left) and resize act on each axis alone: x -> kx * x + bx.
-        top, left, ch, cw = _crop_box(shape, self.crop_fraction)
+        top, left, ch, cw = crop_box(shape, self.crop_fraction)
         sx, sy = out[1] / cw, out[0] / ch
         fx, ox = (-1, w - 1) if hflip else (1, 0)
         fy, oy = (-1, h - 1) if vflip else (1, 0)
@@ -186,7 +187,7 @@ class GalaxyWarp(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, angle=0.0, shift=(0.0, 0.0), zoom=(1.0, 1.0), hflip=False, vflip=False, **params: Any) -> np.ndarray:
         """The warp with the given parameters: uint8 (size, size, 3)."""
-        _, _, ch, cw = _crop_box(img.shape[:2], self.crop_fraction)
+        _, _, ch, cw = crop_box(img.shape[:2], self.crop_fraction)
         # Linear interpolation aliases when it shrinks: then warp at crop size and shrink by area.
         shrink = self.size < min(ch, cw)
         out = (ch, cw) if shrink else (self.size, self.size)

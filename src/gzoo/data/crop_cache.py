@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from gzoo.data.loader import make_loader
 from gzoo.errors import GzooError
 from gzoo.images import load_image
 from gzoo.io import atomic_open, atomic_write_text, remove_stale_temporaries
@@ -166,8 +167,6 @@ def open_cache(paths: Sequence[Path], folder: str | Path, workers: int = 0, prog
 
 
 def _open_cache(paths: list[Path], folder: Path, workers: int, progress: bool) -> CachedImages:
-    from gzoo.data.dataset import make_loader  # here: dataset.py imports this module
-
     if not paths:
         raise GzooError("data.crop_cache: there are no images to cache.")
     key = cache_key(paths)

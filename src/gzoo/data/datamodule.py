@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from gzoo import schema
 from gzoo.data.catalog import check_files, check_images, read_catalog, read_own_catalog
 from gzoo.data.crop_cache import CachedImages, cache_folder, open_cache
-from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
+from gzoo.data.dataset import EpochSampler, GalaxyZooDataset
+from gzoo.data.loader import make_loader
 from gzoo.data.split import id_array, sort_ids, split_ids
 from gzoo.device_augment import check_augment_on, device_train_transform
 from gzoo.errors import GzooError

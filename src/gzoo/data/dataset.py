@@ -1,21 +1,18 @@
-"""The dataset of galaxy images, its epoch-seeded sampler, and the one DataLoader builder.
+"""The dataset of galaxy images, its epoch-seeded sampler, and labels with their mask.
 
 Every part that reads galaxies (training, validation, test, prediction, evaluation, the
-benchmark) gets its batches from :class:`GalaxyZooDataset` through :func:`make_loader`.
+benchmark) gets its batches from :class:`GalaxyZooDataset` through gzoo.data.loader.make_loader.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from gzoo.data.crop_cache import CachedImages
 from gzoo.errors import GzooError
@@ -26,6 +23,14 @@ from gzoo.transforms import reseed, rotate
 def seed_of(*keys: int) -> int:
     """A 32-bit seed that depends only on ``keys`` (e.g. seed, epoch, index)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def labels_and_mask(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as float32 with their unknown cells (NaN) set to 0, and the mask: 1.0 where a label is known, 0.0 where not.
+
+    Every dataset of labels (images here, cached features in gzoo.feature_cache) prepares them this way."""
+    labels = np.asarray(labels, dtype=np.float32)
+    return np.nan_to_num(labels, nan=0.0), (~np.isnan(labels)).astype(np.float32)
 
 
 class EpochSampler(Sampler):
@@ -82,12 +87,7 @@ class GalaxyZooDataset(Dataset):
             self.images = images
         self.ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # plain ints (or names) for collate
         self.views, self.skip_bad = tuple(views), on_bad_image == "skip"
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.float32)
-            self.mask = (~np.isnan(labels)).astype(np.float32)
-            self.labels = np.nan_to_num(labels, nan=0.0)
-        else:
-            self.labels = self.mask = None
+        self.labels, self.mask = labels_and_mask(labels) if labels is not None else (None, None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -134,51 +134,3 @@ class GalaxyZooDataset(Dataset):
         """The image's file, or for a decoded array (a crop cache's row) the galaxy's id."""
         image = self.images[i] if not isinstance(self.images, CachedImages) else None
         return str(image) if isinstance(image, (str, Path)) else f"of galaxy {self.ids[i]!r}"
-
-
-def ignore_signals(worker_id: int) -> None:
-    """A DataLoader worker's start: SIGINT is ignored, and so is a SIGTERM from any process but the main one,
-    so a signal sent to the whole job (Ctrl-C, SLURM, Kubernetes, ``timeout``) reaches only the main process,
-    which stops the run at a batch boundary (gzoo.runsafety). The main process's own SIGTERM (how Python's
-    multiprocessing ends daemonic workers at exit) still ends the worker, as torch's worker handler does:
-    SIGTERM is blocked and a thread reads the sender of each one. Lightning's worker seeding follows, as it
-    would without a worker_init_fn of ours."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):  # not on macOS or Windows: SIGTERM is left as torch sets it
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
-        threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="gzoo-sigterm", daemon=True).start()
-    if os.environ.get("PL_SEED_WORKERS") == "1":  # seed_everything(workers=True) asked for it
-        from lightning.fabric.utilities.seed import pl_worker_init_function
-
-        pl_worker_init_function(worker_id)
-
-
-def _end_on_sigterm_from(parent: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(0)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    num_workers: int = 0,
-    sampler: Sampler | None = None,
-    persistent_workers: bool = True,
-    pin_memory: bool | None = None,
-) -> DataLoader:
-    """The one way gzoo builds a DataLoader: in order (or by ``sampler``), every item once, no batch dropped.
-
-    Pinned memory when a GPU is visible (faster copies to it); worker processes kept between
-    epochs unless ``persistent_workers=False``.
-    """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
-        drop_last=False,
-        worker_init_fn=ignore_signals,
-    )

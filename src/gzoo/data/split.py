@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
+from omegaconf import DictConfig
 
 from gzoo.errors import GzooError
 from gzoo.images import id_sort_key
@@ -62,3 +66,70 @@ def sort_ids(ids: np.ndarray) -> np.ndarray:
     if ids.dtype != object:
         return np.sort(ids)
     return np.asarray(sorted(ids.tolist(), key=id_sort_key), dtype=object)
+
+
+# ----------------------------------------------------------------------------- the split a checkpoint was trained on
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+SPLIT_KEYS = ("labels_csv", "split_seed", "val_fraction", "test_fraction", "limit")
+
+
+def _catalog(data: DictConfig | dict) -> str | None:
+    catalog = data.get("catalog")
+    return str(Path(catalog).expanduser().resolve()) if catalog else None
+
+
+def split_record(data: DictConfig | dict) -> dict[str, Any]:
+    """What identifies the split of a run's ``data`` node: the data root and labels file (and the file's
+    SHA-256, so data moved to another folder is still recognised), your own catalogue and label columns,
+    the split seed, the fractions and the limit."""
+    from gzoo.schema import label_columns
+
+    labels = Path(data["catalog"]) if data.get("catalog") else Path(data["root"]) / data["labels_csv"]  # your catalogue, or Kaggle's CSV
+    digest = hashlib.sha256()
+    with open(labels, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "root": str(Path(data["root"]).resolve()),
+        "labels_sha256": digest.hexdigest(),
+        "catalog": _catalog(data),
+        "labels": list(label_columns(data.get("labels", "gz2"))),
+        **{k: data[k] for k in SPLIT_KEYS},
+    }
+
+
+def split_mismatch(record: dict[str, Any], data: DictConfig | dict) -> str | None:
+    """How ``data`` differs from a checkpoint's split record (``data.key=value`` for the first difference), or None.
+    A record from before a key was recorded is not compared on that key."""
+    from gzoo.schema import is_gz2, label_columns
+
+    for key in SPLIT_KEYS:
+        if record.get(key) != data[key]:
+            return f"data.{key}={_shown(record.get(key))}, not {_shown(data[key])}"
+    if "labels" in record:
+        ours = list(label_columns(data.get("labels", "gz2")))
+        if record["labels"] != ours:
+            shown = lambda v: "gz2" if is_gz2(v) else "[" + ",".join(v) + "]"
+            return f"data.labels={shown(record['labels'])}, not {shown(ours)}"
+    same_labels = split_record(data)["labels_sha256"] == record.get("labels_sha256")
+    if "catalog" in record and record["catalog"] != _catalog(data) and not same_labels:
+        return f"data.catalog={record['catalog']} (SHA-256 {record.get('labels_sha256', '?')[:12]}...), not {_catalog(data)}"
+    same_root = Path(data["root"]).resolve() == Path(record["root"])
+    if not data.get("catalog") and not same_root and not same_labels:
+        return f"data.root={record['root']} (labels file SHA-256 {record.get('labels_sha256', '?')[:12]}...), not {data['root']}"
+    return None
+
+
+class RecordSplit(L.Callback):
+    """Writes :func:`split_record` of the run's data into every checkpoint, under "gzoo_split"."""
+
+    def __init__(self, data: DictConfig | dict):
+        self.record = split_record(data)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gzoo_split"] = dict(self.record)

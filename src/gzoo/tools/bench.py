@@ -18,7 +18,7 @@ workers kept between passes, memory pinned when a GPU is visible. The transforms
 defaults of gzoo.transforms (the data config's augmentation). The model is
 gzoo.net.GalaxyNet (pretrained=false, uint8 batches normalised on the device inside it, as in
 training and prediction) with set_speed(channels_last=...); the train step is
-gzoo.metrics.masked_mse and Adam; precision is gzoo.net.autocast's.
+gzoo.metrics.masked_mse and Adam; precision is gzoo.device.autocast's.
 
 Each model figure times ``steps`` batches after one warm-up batch (keep steps well above
 2 x workers, so the loader's prefetched batches do not flatter it). Each end-to-end figure is
@@ -86,13 +86,15 @@ from torch.utils.data import DataLoader
 from gzoo import schema
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data.crop_cache import CachedImages, open_cache
-from gzoo.data.dataset import EpochSampler, GalaxyZooDataset, make_loader
+from gzoo.data.dataset import EpochSampler, GalaxyZooDataset
+from gzoo.data.loader import make_loader
+from gzoo.device import PRECISIONS, autocast, resolve_device, resolve_precision
 from gzoo.device_augment import device_train_transform, warp_batch, warp_on_device
 from gzoo.errors import GzooError
 from gzoo.images import load_image
 from gzoo.log import say
 from gzoo.metrics import masked_mse
-from gzoo.net import PRECISIONS, GalaxyNet, autocast, backbone_norm, resolve_device, resolve_precision
+from gzoo.net import GalaxyNet, backbone_norm
 from gzoo.tools.reference_transform import reference_train_transform
 from gzoo.train import CONF
 from gzoo.transforms import eval_transform, train_transform

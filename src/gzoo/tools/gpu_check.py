@@ -13,7 +13,7 @@ body, it measures on synthetic galaxies (gzoo.synth, 424 px as Kaggle's):
                   the loop's time spent waiting for the next batch: cpu = loader workers decode and
                   warp (data.augment_on=cpu); device = workers decode, the warp runs on the GPU
                   (data.augment_on=device); cache = workers read data.crop_cache, the warp on the GPU
-    predict       inference with the evaluation loader (gzoo.predict.predict_loader), tta=1 and tta=8
+    predict       inference with the evaluation loader (gzoo.inference.predict_loader), tta=1 and tta=8
     peak GB       torch.cuda.max_memory_allocated over the variant's figures
 
 then one short real training run, both phases through gzoo.train.train (b0 from scratch on the same
@@ -39,12 +39,12 @@ import torch
 
 from gzoo.config import option, run_tool
 from gzoo.data.crop_cache import open_cache
-from gzoo.data.dataset import make_loader
+from gzoo.data.loader import make_loader
 from gzoo.device_augment import device_train_transform
 from gzoo.errors import GzooError
+from gzoo.inference import image_dataset, predict_loader
 from gzoo.io import atomic_write_text
 from gzoo.log import say
-from gzoo.predict import image_dataset, predict_loader
 from gzoo.tools.bench import Runner, describe_device, resolve_model, train_loader, versions
 from gzoo.transforms import train_transform
 

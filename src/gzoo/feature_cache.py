@@ -27,25 +27,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gzoo.data import EpochSampler, GalaxyZooDataModule, make_loader, seed_of
+from gzoo.data import EpochSampler, GalaxyZooDataModule, labels_and_mask, make_loader, seed_of
 from gzoo.data.datamodule import next_epoch
+from gzoo.device import PRECISIONS, autocast
 from gzoo.errors import GzooError
+from gzoo.inference import dihedral_views
 from gzoo.io import atomic_torch_save, remove_stale_temporaries
 from gzoo.log import say
-from gzoo.net import PRECISIONS, GalaxyNet, autocast
+from gzoo.net import GalaxyNet
 
-#: The order in which views are taken from the 8 right-angle views of gzoo.predict.dihedral_views
-#: (k quarter turns of the image, then of its mirror image): the most different ones first.
+#: The order in which the cache takes the right-angle views of gzoo.inference.dihedral_views
+#: (view v: v % 4 quarter turns of the image, or of its mirror image for v >= 4): the most different ones first.
 VIEW_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
-
-
-def exact_views(x: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, n, C, H, W): the first ``n`` of :data:`VIEW_ORDER` (n=1: the image itself)."""
-    out = []
-    for v in VIEW_ORDER[:n]:
-        image = x.flip(-1) if v >= 4 else x
-        out.append(torch.rot90(image, v % 4, dims=(-2, -1)))
-    return torch.stack(out, dim=1)
 
 
 def cache_key(net: GalaxyNet, dm: GalaxyZooDataModule, views: int) -> str:
@@ -72,7 +65,7 @@ def compute_features(net: GalaxyNet, loader: DataLoader, views: int, precision: 
     rows = []
     with tqdm(total=len(loader.dataset) * views, desc=desc, unit="view") as bar:
         for batch in loader:
-            x = exact_views(batch["image"][:, 0].to(device, non_blocking=True), views)
+            x = dihedral_views(batch["image"][:, 0].to(device, non_blocking=True), VIEW_ORDER[:views])
             with autocast(device, precision):  # a view at a time: on a CPU one batch of all views runs 2x slower per image
                 f = torch.stack([net.features(x[:, v]) for v in range(views)], dim=1)
             rows.append(f.half().cpu())
@@ -87,9 +80,8 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: torch.Tensor, labels: np.ndarray, ids: np.ndarray, seed: int = 0):
         self.features, self.seed = features, seed
-        labels = np.asarray(labels, dtype=np.float32)
-        self.mask = torch.from_numpy((~np.isnan(labels)).astype(np.float32))
-        self.labels = torch.from_numpy(np.nan_to_num(labels, nan=0.0))
+        labels, mask = labels_and_mask(labels)
+        self.labels, self.mask = torch.from_numpy(labels), torch.from_numpy(mask)
         self.ids = [int(i) if isinstance(i, (int, np.integer)) else i for i in ids]
 
     def __len__(self) -> int:
