@@ -89,6 +89,7 @@ def test_old_style_keys_are_one_sentence_through_gzoo_load(ckpt, tmp_path):
     assert said.startswith(f"checkpoint {path} {OLD}") and "export it" in said and "retrain" in said and len(said.splitlines()) == 1
 
 
+@pytest.mark.slow  # a real command: seconds of imports (gzoo.load covers the sentence in the fast suite)
 def test_old_style_keys_are_one_sentence_and_status_2_through_python_m_gzoo_predict(ckpt, tmp_path):
     path = edited(ckpt, tmp_path / "old.ckpt", old_keys)
     images = write_kaggle(tmp_path / "gz2", n=2) / "images_training_rev1"
