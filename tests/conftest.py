@@ -64,6 +64,19 @@ def kaggle_dir(tmp_path: Path) -> Path:
     return write_kaggle(tmp_path / "gz2")
 
 
+def compose_train(*overrides: str, hydra_config: bool = False):
+    """The real train.yaml composed with Hydra (with Hydra's own node when ``hydra_config``)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def one_error_line(err: str) -> str:
+    """The one line a user's mistake prints on stderr (no traceback, nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[gzoo] error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
 def make_cfg(tmp_path: Path, data_root: Path, *overrides: str):
     """The real train.yaml composed with Hydra, shrunk to a tiny CPU run (debug=tiny) writing under tmp_path."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

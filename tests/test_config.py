@@ -5,17 +5,11 @@ import sys
 
 import pytest
 import timm
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, compose_train
 
 VARIANTS = [f"b{i}" for i in range(8)]
-
-
-def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -43,14 +43,15 @@ def load(path):
 
 
 class SignalAt(L.Callback):
-    """Sends this process SIGTERM when the given epoch starts: a kill after the epochs before it (as SLURM does)."""
+    """Sends this process a signal (SIGTERM, as SLURM does; or SIGKILL, as the OOM killer does) when the given
+    epoch starts: a kill after the epochs before it."""
 
-    def __init__(self, epoch: int):
-        self.epoch = epoch
+    def __init__(self, epoch: int, signum: int = signal.SIGTERM):
+        self.epoch, self.signum = epoch, signum
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 # ----------------------------------------------------------------------------- 1: a resumed feature-cached finetune
@@ -115,6 +116,23 @@ def test_a_feature_cached_finetune_killed_after_its_second_epoch_resumes_to_the_
     assert parts["state_dict"].keys() == whole["state_dict"].keys()
     assert all(torch.equal(parts["state_dict"][k], whole["state_dict"][k]) for k in whole["state_dict"])
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_feature_cached_finetune_killed_by_sigkill_after_its_second_epoch_resumes_to_the_same_weights(tmp_path, data, body_file):
+    """The same through the command line, killed outright (SIGKILL: no handler, no last words, a stale lock left)."""
+    args = [*CACHED, f"model.weights={body_file}", "trainer.deterministic=true"]
+    train(make_cfg(tmp_path / "whole", data, *args))
+    whole = load(tmp_path / "whole" / RUN / "checkpoints/last.ckpt")["state_dict"]
+    cli = ["debug=tiny", f"paths.output_root={tmp_path / 'parts' / 'outputs'}", f"data.root={data}", *args]
+    stop = ["+callbacks.stop._target_=tests.test_resume_safety.SignalAt", "+callbacks.stop.epoch=2", f"+callbacks.stop.signum={int(signal.SIGKILL)}"]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the tests' own process (conftest): the same sums, bit for bit
+    killed = subprocess.run([sys.executable, "-m", "gzoo.train", *cli, *stop], cwd=ROOT, capture_output=True, text=True, timeout=300, env=one_thread)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load(tmp_path / "parts" / RUN / "checkpoints/last.ckpt")["epoch"] == 1
+    train(make_cfg(tmp_path / "parts", data, *args, "resume=true"))
+    parts = load(tmp_path / "parts" / RUN / "checkpoints/last.ckpt")["state_dict"]
+    assert max(float((parts[k].float() - whole[k].float()).abs().max()) for k in whole) == 0.0
 
 
 # ----------------------------------------------------------------------------- 2: a resume that would change the run

@@ -8,17 +8,11 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from gzoo.train import build_module
-from tests.conftest import CONF, ROOT, make_cfg, write_kaggle
-
-
-def compose_train(*overrides: str, hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+from tests.conftest import ROOT, compose_train, make_cfg, write_kaggle
 
 
 def trainer_kwargs(cfg) -> dict:
@@ -66,7 +60,9 @@ def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys(tmp_path):
 def test_every_trainer_preset_is_valid_lightning_trainer_arguments(preset):
     # accelerator=cpu: this machine has no GPU; Trainer() checks every other argument.
     cfg = compose_train(f"trainer={preset}", "trainer.accelerator=cpu", "trainer.precision=32-true")
-    L.Trainer(**trainer_kwargs(cfg) | dict(logger=False))
+    trainer = L.Trainer(**trainer_kwargs(cfg) | dict(logger=False))  # raises on an argument Lightning does not take
+    assert trainer.max_epochs == cfg.trainer.max_epochs and trainer.num_nodes == cfg.trainer.num_nodes
+    assert trainer.accumulate_grad_batches == cfg.trainer.accumulate_grad_batches
 
 
 def test_ddp_preset_takes_devices_and_nodes():

@@ -19,6 +19,7 @@ from gzoo.synth.__main__ import SynthOptions
 from gzoo.synth.__main__ import main as synth_main
 from gzoo.tools.contact_sheet import contact_sheet
 from gzoo.tools.contact_sheet import main as contact_sheet_main
+from tests.conftest import one_error_line
 
 N_TRAIN, N_TEST, SEED = 8, 4, 7
 
@@ -143,13 +144,6 @@ def test_refuses_to_write_over_real_data(tmp_path):
     with pytest.raises(GzooError, match="already holds a different data set"):
         synth.generate(tmp_path, 2, 0, progress=False)
     assert (tmp_path / synth.TRAIN_CSV).read_text() == ",".join(schema.HEADER) + "\n"
-
-
-def one_error_line(err: str) -> str:
-    """The one line a user's mistake prints on stderr (no traceback, nothing else)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("[gzoo] error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_cli_bad_key_or_value_is_one_clear_error(tmp_path, capsys):

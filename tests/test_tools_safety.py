@@ -31,7 +31,7 @@ from gzoo import config, export, inference, predict, schema
 from gzoo.errors import GzooError
 from gzoo.inference import predict_images
 from gzoo.predict import PredictOptions
-from tests.conftest import write_kaggle
+from tests.conftest import one_error_line, write_kaggle
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,8 @@ def args(ckpt, images, out, *more) -> list[str]:
     return [f"ckpt={ckpt}", f"images={images}", f"out={out}", "num_workers=0", "progress=false", "device=cpu", *more]
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("[gzoo] error: ")
-    return err.strip()
+def one_error_line_of(capsys) -> str:
+    return one_error_line(capsys.readouterr().err)
 
 
 @pytest.fixture
@@ -92,7 +89,7 @@ def sigterm_guard():
 def test_an_out_that_cannot_be_written_is_one_sentence_before_any_prediction(ckpt, images, tmp_path, spy_predictions, capsys):
     (tmp_path / "afile").write_text("a file where a folder should be\n")
     assert predict.main(args(ckpt, images, tmp_path / "afile" / "sub.csv")) == 2
-    line = one_error_line(capsys)
+    line = one_error_line_of(capsys)
     assert line == (f"[gzoo] error: could not write {tmp_path / 'afile' / 'sub.csv'}: {tmp_path / 'afile'} is a file, not a folder; choose another out=.")
     assert spy_predictions == []  # said before the work, not after it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
@@ -149,7 +146,7 @@ def test_a_disk_that_fills_while_the_table_is_written_is_one_sentence(ckpt, imag
     with full_disk(monkeypatch, tmp_path):
         status = predict.main(args(ckpt, images, out))
     assert status == 2
-    assert one_error_line(capsys) == (
+    assert one_error_line_of(capsys) == (
         f"[gzoo] error: could not write the predictions {out}: the disk holding {tmp_path} is full (No space left on device); "
         "the 3 predictions were computed but not saved (nothing half-written is left); free space there or choose another out=, "
         "then run the same command again."
@@ -177,17 +174,17 @@ def test_every_tools_front_door_turns_disks_and_signals_into_one_sentence(tmp_pa
             raise OSError("not the user's doing")
 
     assert config.run_tool(tool, Options, ["what=readonly"]) == 2
-    assert one_error_line(capsys) == (
+    assert one_error_line_of(capsys) == (
         f"[gzoo] error: could not write {tmp_path / 'out.csv'}: {tmp_path} is not writable (Read-only file system); "
         "free space there or write to another folder, then run the same command again."
     )
     assert config.run_tool(tool, Options, ["what=notdir"]) == 2
-    assert f"{tmp_path / 'afile'} is a file, not a folder" in one_error_line(capsys)
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in one_error_line_of(capsys)
     assert config.run_tool(tool, Options, ["what=ctrl-c"]) == 130
-    assert one_error_line(capsys).startswith("[gzoo] error: stopped by SIGINT (Ctrl-C) before it finished;")
+    assert one_error_line_of(capsys).startswith("[gzoo] error: stopped by SIGINT (Ctrl-C) before it finished;")
     started = time.monotonic()
     assert config.run_tool(tool, Options, ["what=sigterm"]) == 143
-    assert time.monotonic() - started < 4 and one_error_line(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
+    assert time.monotonic() - started < 4 and one_error_line_of(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
     assert signal.getsignal(signal.SIGTERM) is sigterm_guard  # the tool's handler only while it runs
     with pytest.raises(OSError, match="not the user's doing"):  # a bug keeps its traceback
         config.run_tool(tool, Options, ["what=bug"])
@@ -204,7 +201,7 @@ def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tm
 
     monkeypatch.setattr(inference, "predict_loader", terminated)
     assert predict.main(args(ckpt, images, tmp_path / "sub.csv", "batch_size=1")) == 143
-    assert one_error_line(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
+    assert one_error_line_of(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
     assert list(tmp_path.iterdir()) == []  # no table, no temporary file, no lock
 
 
@@ -264,7 +261,7 @@ def test_a_full_disk_during_an_export_overwrite_keeps_the_earlier_pair(ckpt, tmp
     with full_disk(monkeypatch, tmp_path):
         status = export.main([f"ckpt={ckpt}", "format=torchscript", f"out={out}", "overwrite=true"])
     assert status == 2
-    assert one_error_line(capsys) == (
+    assert one_error_line_of(capsys) == (
         f"[gzoo] error: could not write the exported model {out}: the disk holding {tmp_path} is full (No space left on device); "
         "neither it nor model.pt.json was changed (nothing half-written is left); free space there or choose another out=, then run the same command again."
     )

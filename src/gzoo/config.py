@@ -105,6 +105,9 @@ def check_values(values: Any, cls: type, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = prefix + f.name
+        checks = any(f.metadata.get(k) not in (None, ()) for k in ("choices", "low", "high", "above", "below", "valid"))
+        if not checks and _dataclass_of(hints[f.name]) is None:
+            continue  # nothing to check: its value is not even resolved (run_dir may hold ${hydra:job.num})
         try:
             value = getattr(values, f.name) if not isinstance(values, (dict, DictConfig)) else values[f.name]
         except (KeyError, AttributeError):

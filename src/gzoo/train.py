@@ -428,7 +428,8 @@ def check_overrides(argv: list[str]) -> None:
             said += " " + ", ".join(lines[2:])
         error(said.rstrip(".") + "; python -m gzoo.train --help lists the groups and keys.")
         sys.exit(2)
-    try:  # Hydra writes its records under paths.output_root before train() runs: a read-only folder is said here
+    try:  # Hydra writes its records under paths.output_root before train() runs: a bad value or a read-only folder is said here
+        check_run_options(cfg)
         check_writable(cfg.run_dir)
         if not any(a.startswith("hydra.run.dir=") for a in argv):
             check_writable(Path(cfg.paths.output_root) / "hydra")
