@@ -27,9 +27,10 @@ test-slow: install ## run the slow tests (minutes: interrupted and resumed runs,
 test-gpu: install ## run the tests that need a CUDA GPU
 	$(PY) -m pytest -q -m gpu
 
-lint: install ## ruff: the code's style and imports (CI runs it)
+lint: install ## ruff: the code's style and imports; mypy: the types of src/gzoo (CI runs it)
 	$(VENV)/bin/ruff check src tests notebooks
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 
 format: install ## ruff: fix what can be fixed by itself
 	$(VENV)/bin/ruff check --fix src tests notebooks

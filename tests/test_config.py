@@ -24,7 +24,7 @@ def test_variant_composes_and_matches_timm_native_size(variant):
 
 
 #: The seed report's recipe (reference/gz2.md), key by key.
-PAPER = {
+RECIPE = {
     "model.timm_name": "tf_efficientnet_b0.in1k", "model.image_size": 224, "model.pretrained": True, "model.weights": None,
     "model.dropout": 0.5, "model.hidden": 64, "model.head": "sigmoid", "model.tree_after_epochs": 0,
     "optim.optimizer": "adam", "optim.lr": 1.5e-4, "optim.schedule": "plateau", "optim.lr_factor": 0.8, "optim.lr_patience": 4,
@@ -39,10 +39,10 @@ PAPER = {
 def test_paper_b0_pins_the_whole_recipe_in_its_own_file():
     """Every value of the recipe is written in experiment/paper_b0.yaml, so a later change of a default cannot move it."""
     pinned = OmegaConf.load(CONF / "experiment" / "paper_b0.yaml")
-    for key, value in PAPER.items():
+    for key, value in RECIPE.items():
         assert OmegaConf.select(pinned, key, default="<not pinned>") == value, key
     cfg = compose_train("experiment=paper_b0")
-    assert {key: OmegaConf.select(cfg, key) for key in PAPER} == PAPER
+    assert {key: OmegaConf.select(cfg, key) for key in RECIPE} == RECIPE
 
 
 def test_fulltune_starts_from_the_finetune_checkpoint_of_the_same_variant(tmp_path):

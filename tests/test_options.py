@@ -98,3 +98,51 @@ def test_each_tool_says_a_wrong_type_or_range_in_one_sentence(tmp_path, tool, ar
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"[gzoo] error: {key}=") and said in line, line
     assert list(Path(tmp_path).iterdir()) == []  # nothing written
+
+
+def test_the_augmentations_python_defaults_are_the_schemas():
+    """GalaxyWarp and the reference chain take the augmentation's values from the run (data.augment); where their
+    Python signatures give defaults, they are AugmentOptions', so the three cannot drift apart."""
+    import inspect
+
+    from gzoo.options import AugmentOptions
+    from gzoo.tools.reference_transform import reference_train_transform
+    from gzoo.transforms import GalaxyWarp
+
+    schema = dataclasses.asdict(AugmentOptions())
+    for func in (GalaxyWarp.__init__, reference_train_transform):
+        params = inspect.signature(func).parameters
+        for key, value in schema.items():
+            if key in params:
+                default = params[key].default
+                assert (list(default) if isinstance(default, tuple) else default) == value, (func.__qualname__, key)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 256 KB tmpfs filled up to its last few KB (skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        import shutil
+
+        (mount / "filler").write_bytes(b"\0" * (shutil.disk_usage(mount).free - 8192))  # room for a lock file, not for the table
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_under_gzoo_predict_is_one_sentence_and_leaves_no_partial_table(trained_run, full_disk, capsys):
+    from gzoo.predict import main as predict
+
+    out = full_disk / "sub" / "predictions.csv"
+    status = predict([f"ckpt={trained_run['ckpt']}", f"images={trained_run['data'] / 'images_training_rev1'}", f"out={out}", "num_workers=0", "progress=false"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("[gzoo] error: could not write ") and "is full (No space left on device)" in line, line
+    assert not out.exists() and not [p for p in full_disk.rglob("*") if p.name not in ("filler",) and p.is_file()]

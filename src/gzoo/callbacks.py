@@ -84,12 +84,12 @@ class ValidationGallery(L.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if trainer.sanity_checking or not trainer.is_global_zero or not loggers:
             return
-        dataset = trainer.val_dataloaders.dataset
+        dataset = trainer.val_dataloaders.dataset  # type: ignore[union-attr]  # set while validating
         items = [dataset[i] for i in range(min(self.n, len(dataset)))]
         if not items or "image" not in items[0]:  # none, or cached features (phase.cache_features) rather than images
             return
         images = torch.stack([item["image"] for item in items])
-        preds = pl_module.net(images.to(pl_module.device)).float().cpu().numpy()
+        preds = pl_module.net(images.to(pl_module.device)).float().cpu().numpy()  # type: ignore[operator]  # a GalaxyZooModule's GalaxyNet
         fig = gallery_figure(items, preds)
         for logger in loggers:
             logger.experiment.add_figure(self.tag, fig, global_step=trainer.global_step, close=False)

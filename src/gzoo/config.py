@@ -77,6 +77,7 @@ def _range_words(meta: dict) -> str:
         return f"in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
     if low:
         return f"{'>=' if low[1] == '[' else '>'} {low[0]:g}"
+    assert high is not None  # called for a bounded option only
     return f"{'<=' if high[1] == ']' else '<'} {high[0]:g}"
 
 
@@ -94,8 +95,8 @@ def _in_range(v: Any, meta: dict) -> bool:
 def _dataclass_of(kind: Any) -> type | None:
     """The dataclass of a field's type (``X`` or ``X | None``), or None."""
     if dataclasses.is_dataclass(kind):
-        return kind
-    return next((a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), None)
+        return typing.cast(type, kind)
+    return next((typing.cast(type, a) for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), None)
 
 
 def check_values(values: Any, cls: type, prefix: str = "") -> None:
@@ -139,8 +140,8 @@ def fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, An
     out = []
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
-        if _dataclass_of(kind) is not None:
-            out += fields(_dataclass_of(kind), f"{prefix}{f.name}.")
+        if (sub := _dataclass_of(kind)) is not None:
+            out += fields(sub, f"{prefix}{f.name}.")
         else:
             out.append((prefix + f.name, f, kind))
     return out
@@ -205,7 +206,7 @@ def parse(cls: type[T], argv: Sequence[str]) -> T:
     if missing:
         raise GzooError(f"{' and '.join(f'{k}=...' for k in missing)} {'is' if len(missing) == 1 else 'are'} required; run with --help to see every option.")
     check_values(merged, cls)
-    return OmegaConf.to_object(merged)
+    return typing.cast(T, OmegaConf.to_object(merged))  # a structured config of cls gives a cls
 
 
 class Stopped(BaseException):

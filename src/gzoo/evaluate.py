@@ -30,6 +30,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -45,12 +46,12 @@ from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
 from gzoo.data.split import split_mismatch, split_record
 from gzoo.device import PRECISIONS
 from gzoo.errors import GzooError
-from gzoo.gallery import SEED_ANSWERS, answer_label
 from gzoo.inference import id_column_name, predict_loader, tta_angles
 from gzoo.io import atomic_open, output_lock, table_suffix, write_table
 from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
+from gzoo.schema import SEED_ANSWERS, answer_label
 
 OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
 
@@ -87,7 +88,7 @@ def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
     path = config or ckpt.parent.parent / "config.yaml"
     if not path.is_file():
         raise GzooError(f"run config {path} not found; evaluate reads the run's config.yaml (beside checkpoints/) to reproduce its split, or pass config=PATH.")
-    return OmegaConf.load(path)
+    return cast(DictConfig, OmegaConf.load(path))  # a run's config.yaml is a mapping
 
 
 def checkpoint_record(ckpt: Path) -> dict | None:
@@ -142,6 +143,7 @@ def locate_run_data(cfg: DictConfig, config: Path, ckpt: Path, given: dict) -> N
     except OSError:
         return  # no labels there: the data module says so
     if differs:
+        assert record is not None  # differs needs one
         raise GzooError(
             f"{config} records data.{key}={recorded}, relative to the folder training ran in, and data.{key}={named} is not the run's {what} "
             f"(its labels differ from those checkpoint {ckpt} was trained on, in {record['root']}); pass data.{key}=<the run's {what}>, "
@@ -167,7 +169,7 @@ def scored_data_overrides(cfg: DictConfig, given: dict) -> dict:
     if not folder:
         return overrides
     if cfg.data.get("catalog"):  # a catalogue run: the folder is read in the Kaggle layout, never the run's catalogue
-        labels = schema.label_columns(OmegaConf.to_container(cfg.data.labels) if isinstance(cfg.data.labels, ListConfig) else cfg.data.labels)
+        labels = schema.label_columns(cast(list, OmegaConf.to_container(cfg.data.labels)) if isinstance(cfg.data.labels, ListConfig) else cfg.data.labels)
         if not schema.is_gz2(labels):
             raise GzooError(
                 f"the run learned its own labels ({', '.join(labels)}) from catalogue {cfg.data.catalog}, and data.{folder[0]}= reads a folder in the "
@@ -186,7 +188,7 @@ def same_galaxies(a: GalaxyZooDataModule, b: GalaxyZooDataModule) -> bool:
     """Whether two data modules read the same catalogue (or labels file and image folder)."""
     if (a.catalog_path is None) != (b.catalog_path is None):
         return False
-    if a.catalog_path is not None:
+    if a.catalog_path is not None and b.catalog_path is not None:  # both or neither, by now
         return a.catalog_path.resolve() == b.catalog_path.resolve() and (a.id_column, a.file_column) == (b.id_column, b.file_column)
     return a.labels_path.resolve() == b.labels_path.resolve() and a.images_path.resolve() == b.images_path.resolve()
 
@@ -365,7 +367,7 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
     net = load_net(o.ckpt, o.device).set_speed(channels_last=True)
     say(f"evaluating {o.ckpt} on {len(ids)} galaxies (split={split} of {source}), tta={','.join(map(str, o.tta))}")
 
-    report = {
+    report: dict[str, Any] = {
         "checkpoint": str(o.ckpt),
         "timm_name": net.timm_name,
         "data": {

@@ -22,6 +22,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ def _onnx_bytes(network: GalaxyNet, example: torch.Tensor) -> bytes:
         dynamo=True,
         verbose=False,
     )
-    return program.model_proto.SerializeToString()
+    return program.model_proto.SerializeToString()  # type: ignore[union-attr]  # dynamo=True always returns an ONNXProgram
 
 
 class ExportedModel:
@@ -165,7 +166,8 @@ class ExportedModel:
             raise GzooError(f"{sidecar_path(path)} not found; it records the input size and normalisation, so export again with gzoo.export.")
         self.path = path
         self.meta = json.loads(sidecar_path(path).read_text())
-        self._session = self._net = None
+        self._session: Any = None  # an onnxruntime session, or
+        self._net: Any = None  # a torch.jit module
         if path.suffix == SUFFIX["onnx"]:
             try:
                 import onnxruntime

@@ -63,7 +63,7 @@ def compute_features(net: GalaxyNet, loader: DataLoader, views: int, precision: 
     was_training = net.training
     net.eval()
     rows = []
-    with tqdm(total=len(loader.dataset) * views, desc=desc, unit="view") as bar:
+    with tqdm(total=len(loader.dataset) * views, desc=desc, unit="view") as bar:  # type: ignore[arg-type]  # torch types Dataset without __len__; gzoo's have one
         for batch in loader:
             x = dihedral_views(batch["image"][:, 0].to(device, non_blocking=True), VIEW_ORDER[:views])
             with autocast(device, precision):  # a view at a time: on a CPU one batch of all views runs 2x slower per image

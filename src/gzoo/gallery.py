@@ -29,10 +29,9 @@ from gzoo.errors import GzooError
 from gzoo.images import IMAGE_SUFFIXES, index_images, load_image
 from gzoo.io import table_suffix
 from gzoo.log import say
+from gzoo.schema import SEED_ANSWERS, answer_label
 from gzoo.transforms import central_crop
 
-#: The answers whose galleries the seed report shows (its Figures 23-31 and more).
-SEED_ANSWERS = ("Class1.1", "Class1.3", "Class2.1", "Class3.1", "Class4.1", "Class5.1", "Class5.2", "Class5.4", "Class6.1", "Class11.1", "Class11.3")
 TILE, GAP, CAPTION, TITLE = 160, 6, 18, 26  # pixels: tile side, space between tiles, caption and title heights
 #: The id columns of gzoo.predict's tables: Kaggle's integer GalaxyID, or id_str (names) when an id is not all digits.
 ID_COLUMNS = (schema.ID_COLUMN, "id_str")
@@ -46,13 +45,6 @@ class GalleryOptions:
     k: int = option(16, "galaxies shown per answer", low=1)
     out: Path | None = option(None, "the PNG to write (default <predictions>_gallery_<answer>.png beside the predictions)")
     crop: float = option(0.5, "the central fraction of each image shown (0.5 = what the model sees; 1 = the whole frame)")
-
-
-def answer_label(column: str) -> str:
-    """'Class4.1' -> 'Class4.1 spiral arm pattern? yes'."""
-    question, answer = (int(n) for n in column.removeprefix("Class").split("."))
-    q = schema.QUESTIONS[question - 1]
-    return f"{column} {q.text} {q.answers[answer - 1]}"
 
 
 def id_column_of(table: pd.DataFrame) -> str | None:
@@ -136,7 +128,7 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
             except Exception as e:  # not an image
                 raise GzooError(f"image {path} cannot be read ({e}); images= must be the folder the predictions were made from.") from None
             draw.text((x, y + 2), caption(str(gid), value, caption_font), fill="black", font=caption_font)
-            sheet.paste(Image.fromarray(pixels).resize((TILE, TILE), Image.LANCZOS), (x, y + CAPTION))
+            sheet.paste(Image.fromarray(pixels).resize((TILE, TILE), Image.Resampling.LANCZOS), (x, y + CAPTION))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out

@@ -9,6 +9,8 @@ tree     the 2014 winner's head, tree-consistent by construction: a non-negative
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from gzoo import schema
@@ -28,4 +30,4 @@ def tree_head(raw: torch.Tensor) -> torch.Tensor:
     return torch.cat([column[name] for name in schema.COLUMNS], dim=1)
 
 
-HEADS = {"sigmoid": torch.sigmoid, "tree": tree_head}
+HEADS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sigmoid": torch.sigmoid, "tree": tree_head}

@@ -44,7 +44,7 @@ def dihedral_views(x: torch.Tensor, order: Sequence[int] = range(8)) -> torch.Te
     """(B, C, H, W) -> (B, len(order), C, H, W): the right-angle views of x numbered in ``order``. View v is
     v % 4 quarter turns of x (v < 4) or of its mirror image x.flip(-1) (v >= 4); no interpolation, so they are
     exact. By default all 8 in that numbering (tta=8); the feature cache takes them in its own order."""
-    mirror = x.flip(-1) if any(v >= 4 for v in order) else None
+    mirror = x.flip(-1) if any(v >= 4 for v in order) else x  # x: not used when no view is mirrored
     return torch.stack([torch.rot90(mirror if v >= 4 else x, v % 4, dims=(-2, -1)) for v in order], dim=1)
 
 
@@ -76,7 +76,7 @@ def predict_loader(net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: 
     device = next(net.parameters()).device
     net.eval()
     desc = f"{'embedding' if features else 'predicting'} (tta={tta})"
-    with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress) as bar:
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress) as bar:  # type: ignore[arg-type]  # torch types Dataset without __len__; gzoo's have one
         for batch in loader:
             views = batch["image"]
             x = views.to(device, non_blocking=True).flatten(0, 1)  # (B*V, 3, S, S), image-major
@@ -157,6 +157,8 @@ def predict_table(
     names = [f"array {j}" if isinstance(p, np.ndarray) else p for j, p in enumerate(paths)]  # what the messages call them
     # Every failure of one image (its decoding, its transform) comes back from the dataset as that image's "error".
     loader = make_loader(image_dataset(net, paths, range(len(paths)), tta, fits=fits), batch_size, num_workers)
+    values: list[np.ndarray] | np.ndarray
+    good: list[bool] | np.ndarray
     values, good, skipped = [], [], []
     for batch in predict_loader(net, loader, tta, precision, progress, features=features):
         for j, error in zip(batch["id"].tolist(), batch["error"]):
@@ -288,7 +290,7 @@ CATALOG_SUFFIXES = (".csv", ".parquet")
 
 def image_source(
     source, file_column: str = "file_loc", id_column: str = "id_str", root: str | Path | None = None
-) -> tuple[list[Path | np.ndarray], list[GalaxyId], str]:
+) -> tuple[Sequence[Path | np.ndarray], Sequence[GalaxyId], str]:
     """The images, ids and id column name of what the Python API is given: a folder (as the tool reads it), one
     image file, a list of image files, a catalogue file (.csv or .parquet) or a DataFrame with a ``file_column``
     (ids from ``id_column`` when it has one, else from the file names), or decoded RGB uint8 arrays (H, W, 3):
@@ -350,6 +352,7 @@ def _checked_files(files: list[Path], ids: list | None, where: str, id_column: s
         paths, ids = image_files(files, where=where, base=base)
         return paths, ids, id_column_name(ids)
     paths, ids = image_files(files, ids, where, f"its {id_column!r} value", base)
+    assert id_column is not None  # ids come with the name of their column
     return paths, ids, id_column
 
 

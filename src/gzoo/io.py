@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from gzoo.errors import GzooError
 
@@ -100,7 +100,8 @@ class _WriteErrors:
     (``No space left on device``) only as ``RuntimeError: ... unexpected pos``."""
 
     def __init__(self, f: IO):
-        self.f, self.error = f, None
+        self.f = f
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:
@@ -122,7 +123,7 @@ def atomic_torch_save(obj, path: str | Path, what: str = "", advice: str | None 
         with atomic_open(path, "wb") as f:
             writer = _WriteErrors(f)
             try:
-                torch.save(obj, writer)
+                torch.save(obj, writer)  # type: ignore[arg-type]  # a file-like object (write, flush) is all torch.save needs
             except RuntimeError:
                 if writer.error is None:
                     raise
@@ -215,7 +216,7 @@ def lock_folder(folder: str | Path, advice: str = "wait for it to end") -> Itera
 
 def _lock_record() -> str:
     """What a lock file holds: this process's pid, host, start time and command, as JSON."""
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+    record: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
     record["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"]))
     return json.dumps(record)
 

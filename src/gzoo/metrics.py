@@ -20,6 +20,8 @@ class MaskedRMSE(Metric):
     """RMSE over every known value seen since the last reset (NaN if none was known)."""
 
     full_state_update = False
+    sum_sq: torch.Tensor  # states, made by add_state
+    count: torch.Tensor
 
     def __init__(self):
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -21,6 +22,10 @@ from gzoo.metrics import MaskedRMSE, masked_mse
 from gzoo.net import GalaxyNet
 from gzoo.optim import check as check_optim
 from gzoo.optim import configure as configure_optim
+from gzoo.options import DataOptions, ModelOptions
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 
 class GalaxyZooModule(L.LightningModule):
@@ -33,21 +38,23 @@ class GalaxyZooModule(L.LightningModule):
     network (:meth:`from_checkpoint`, which never downloads).
     """
 
+    hparams: AttributeDict  # what save_hyperparameters() makes (Lightning's property says AttributeDict | MutableMapping)
+
     def __init__(
         self,
-        timm_name: str = "tf_efficientnet_b0.in1k",
-        image_size: int = 224,
-        pretrained: bool = True,
-        weights: str | None = None,
-        dropout: float = 0.5,
-        hidden: int = 64,
-        head: str = "sigmoid",
-        tree_after_epochs: int = 0,
+        timm_name: str = ModelOptions.timm_name,
+        image_size: int = ModelOptions.image_size,
+        pretrained: bool = ModelOptions.pretrained,
+        weights: str | None = ModelOptions.weights,
+        dropout: float = ModelOptions.dropout,
+        hidden: int = ModelOptions.hidden,
+        head: str = ModelOptions.head,
+        tree_after_epochs: int = ModelOptions.tree_after_epochs,
         labels: list[str] | None = None,
         optim: dict | None = None,
         freeze_body: bool = False,
         freeze_bn_stats: bool = False,
-        crop_fraction: float = 0.5,
+        crop_fraction: float = DataOptions.crop_fraction,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         name: str | None = None,

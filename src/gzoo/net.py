@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import timm
@@ -32,8 +33,8 @@ from gzoo.weights import PACKAGED, hub_id, no_weights_message, packaged_weights,
 def backbone_norm(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The mean and std the body was trained with (timm's pretrained config is the truth); None for an
     ``hf_hub:`` model, whose config comes with its weights from the hub."""
-    if hub_id(timm_name):
-        if "/" not in hub_id(timm_name):
+    if hub := hub_id(timm_name):
+        if "/" not in hub:
             raise GzooError(f"model.timm_name={timm_name!r}: an hf_hub: name is hf_hub:<owner>/<repository>.")
         return None
     if not timm.is_model(timm_name.split(".")[0]):
@@ -55,7 +56,7 @@ def create_body(timm_name: str, pretrained: bool, weights: str | None = None) ->
     if pretrained and not weights and timm_name.split(".")[0] in PACKAGED:
         weights = str(packaged_weights(timm_name))  # ImageNet weights from an installed package: no hub needed
     if weights:
-        body = timm.create_model(timm_name, num_classes=0, pretrained=False)
+        body: Any = timm.create_model(timm_name, num_classes=0, pretrained=False)  # a timm model: pretrained_cfg
         path = Path(weights)
         state = read_state_dict(path, "model.weights")
         classifier = body.pretrained_cfg.get("classifier", "classifier")
@@ -85,6 +86,10 @@ class GalaxyNet(nn.Module):
     ``crop_fraction`` are what the network expects to see (the evaluation view: the central
     crop resized to image_size); they travel with it to prediction and export.
     """
+
+    body: Any  # a timm model: nn.Module's types know nothing of its pretrained_cfg and num_features
+    pixel_mean: torch.Tensor  # buffers
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
@@ -134,7 +139,7 @@ class GalaxyNet(nn.Module):
         return HEADS[self.head](self.tail(features).float())
 
     @torch.no_grad()
-    def start_at(self, mean: Sequence[float], head: str | None = None, eps: float = 1e-3) -> GalaxyNet:
+    def start_at(self, mean: Sequence[float] | np.ndarray, head: str | None = None, eps: float = 1e-3) -> GalaxyNet:
         """Set the last layer's bias so that the network starts near predicting ``mean`` (each column's
         training mean), instead of 0.5 everywhere: logit(mean) for the sigmoid head; for the tree head,
         log of each answer's share of its question (the softmax of which is that share)."""
@@ -146,7 +151,7 @@ class GalaxyNet(nn.Module):
             bias = np.zeros_like(mean)
             for _, sl in schema.question_slices():
                 bias[sl] = np.log(mean[sl] / mean[sl].sum())
-        last = self.tail[-1]
+        last = cast(nn.Linear, self.tail[-1])
         last.bias.copy_(torch.as_tensor(bias, dtype=last.bias.dtype))
         return self
 

@@ -71,7 +71,9 @@ def configure(body: nn.Module, tail: nn.Module, o: dict[str, Any], total_steps: 
     o = check(o)
     optimizer = OPTIMIZERS[o["optimizer"]](param_groups(body, tail, o), lr=o["lr"])
     if o["schedule"] == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=o["lr_factor"], patience=o["lr_patience"])
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=o["lr_factor"], patience=o["lr_patience"]
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/rmse", "interval": "epoch"}}
     if o["schedule"] == "constant":
         return {"optimizer": optimizer}

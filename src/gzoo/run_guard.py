@@ -13,7 +13,7 @@ import signal
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -55,7 +55,7 @@ class RunGuard:
                 self._stack.callback(signal.signal, s, signal.signal(s, self._handle))
         return self
 
-    def __exit__(self, kind, value, tb) -> bool:
+    def __exit__(self, kind, value, tb) -> Literal[False]:
         self._stack.close()
         if kind is _Stop:
             raise self.interrupted() from None

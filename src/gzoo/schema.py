@@ -121,7 +121,7 @@ def tree_residuals(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def tree_inconsistency(values: np.ndarray) -> dict[str, float]:
+def tree_inconsistency(values: np.ndarray) -> dict[str, float | dict[str, float]]:
     """Summary of how far a table of fractions is from tree-consistency.
 
     Returns ``max_abs`` (the worst |sum - parent| over all galaxies and questions),
@@ -137,3 +137,14 @@ def tree_inconsistency(values: np.ndarray) -> dict[str, float]:
         "mean_abs": float(res[known].mean()) if known.any() else float("nan"),
         "per_question": per_q,
     }
+
+
+#: The answers whose galleries the seed report shows (its Figures 23-31 and more): galleries and evaluation plots.
+SEED_ANSWERS = ("Class1.1", "Class1.3", "Class2.1", "Class3.1", "Class4.1", "Class5.1", "Class5.2", "Class5.4", "Class6.1", "Class11.1", "Class11.3")
+
+
+def answer_label(column: str) -> str:
+    """'Class4.1' -> 'Class4.1 spiral arm pattern? yes'."""
+    question, answer = (int(n) for n in column.removeprefix("Class").split("."))
+    q = QUESTIONS[question - 1]
+    return f"{column} {q.text} {q.answers[answer - 1]}"

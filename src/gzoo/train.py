@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -58,11 +59,11 @@ def build_datamodule(cfg: DictConfig) -> GalaxyZooDataModule:
 def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
     """The run's module from its ``model`` node, the phase and the crop; ``pretrained=False`` when
     the weights will come from a checkpoint (nothing is downloaded then)."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = cast(dict, OmegaConf.to_container(cfg.model, resolve=True))
     model.pop("start_at_mean", None)  # an instruction to train(), not part of the network
     if not pretrained:
         model.update(pretrained=False, weights=None)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True) if "optim" in cfg else None
+    optim = cast(dict, OmegaConf.to_container(cfg.optim, resolve=True)) if "optim" in cfg else None
     labels = schema.label_columns(cfg.data.get("labels", "gz2"))
     # BatchNorm keeps running statistics only a trained body has; one from random weights must learn them.
     trained = bool(cfg.model.get("pretrained") or cfg.model.get("weights") or cfg.phase.get("init_from"))
@@ -205,7 +206,7 @@ def absolute_paths(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, "data.crop_cache", str(Path(crop_cache).expanduser().absolute()), merge=False)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one phase as configured; returns the final metrics (also written to metrics.json).
 
     Every option is checked before anything is read or written; the run folder is then locked until
@@ -213,11 +214,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_run_options(cfg)
     absolute_paths(cfg)
-    with RunGuard(Path(cfg.run_dir), lock=rank_zero_only.rank == 0) as guard:  # one process (rank zero) writes files
+    with RunGuard(Path(cfg.run_dir), lock=rank_zero_only.rank == 0) as guard:  # type: ignore[attr-defined]  # one process (rank zero) writes files; Lightning sets .rank
         return _train(cfg, guard)
 
 
-def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
+def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     say(f"{cfg.phase.name} of {cfg.model.timm_name}: outputs go to {run_dir}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -225,12 +226,13 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
     if cfg.data.get("synth"):  # data=synthetic: make the set once, then read it like Kaggle's files
         from gzoo.synth import generate
 
-        generate(Path(cfg.data.root), **OmegaConf.to_container(cfg.data.synth, resolve=True))
+        generate(Path(cfg.data.root), **cast(dict, OmegaConf.to_container(cfg.data.synth, resolve=True)))
 
     # A resumed run continues its checkpoint's split: checked before the data is read (and any cache built).
     resume_from = resume_checkpoint(cfg, run_dir)
     resumed = read_checkpoint(resume_from, "resume") if resume_from is not None else None
     if resumed is not None:
+        assert resume_from is not None  # resumed was read from it
         check_resume_split(cfg, resumed, resume_from)
 
     dm = build_datamodule(cfg)
@@ -258,6 +260,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
     module = build_module(cfg, pretrained=init_from is None and resume_from is None)
     new_tail = resume_from is None
     if resumed is not None:
+        assert resume_from is not None  # resumed was read from it
         check_resume_network(cfg, module, resumed, resume_from)
         module.load_state_dict(resumed["state_dict"])
         resumed = None
@@ -275,7 +278,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
     if cache and not cfg.phase.freeze_body:
         raise GzooError("phase.cache_features=true needs a frozen body (phase.freeze_body=true): the features of a body that trains change every step.")
 
-    writer = rank_zero_only.rank == 0  # under DDP every process runs this function; one writes files
+    writer = rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets .rank; under DDP every process runs this function; one writes files
     if resume_from is None and writer:
         prepare_run_dir(run_dir, cfg.overwrite)
     elif resume_from is not None:
@@ -298,7 +301,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **cast(dict, OmegaConf.to_container(cfg.trainer, resolve=True)),
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
@@ -306,7 +309,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
         plugins=[AtomicCheckpointIO()],  # a checkpoint is renamed into place only once complete
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    fit_data = dm
+    fit_data: L.LightningDataModule = dm
     if cache:
         if trainer.world_size > 1:
             raise GzooError("phase.cache_features=true runs on one device; drop it for a multi-device run (each device would compute every feature).")
@@ -323,8 +326,8 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, float]:
         ) from None
     guard.fit_done()  # a signal in fit's last moments stops the run here; later ones stop it at once
 
-    ckpt = trainer.checkpoint_callback
-    metrics = {
+    ckpt = cast("ModelCheckpoint | None", trainer.checkpoint_callback)  # the run's checkpoint callback is a ModelCheckpoint
+    metrics: dict[str, Any] = {
         "val/rmse": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else float("nan"),
         "val/rmse_baseline": baseline_rmse(dm.train_mean(), dm.labels("val")),
         "epochs": trainer.current_epoch,

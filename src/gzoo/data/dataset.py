@@ -75,13 +75,16 @@ class GalaxyZooDataset(Dataset):
         self,
         images: Sequence[Path | np.ndarray],
         labels: np.ndarray | None,
-        ids: Sequence[Any],
+        ids: Sequence[Any] | np.ndarray,
         transform,
         seed: int = 0,
         views: Sequence[float] = (),
         on_bad_image: str = "error",
         fits: FitsStretch | None = None,
     ):
+        self.images: Sequence[Path | np.ndarray]
+        self.labels: np.ndarray | None
+        self.mask: np.ndarray | None
         self.images, self.transform, self.seed, self.fits = list(images), transform, seed, fits
         if isinstance(images, CachedImages):  # data.crop_cache: rows read from the memory-mapped file as they are asked for
             self.images = images
@@ -100,7 +103,8 @@ class GalaxyZooDataset(Dataset):
             i = key
         item: dict[str, Any] = {"id": self.ids[i]}
         try:  # the decode and the transform: whatever fails for one image (a decoder's, OpenCV's error) is that image's
-            image = self.images[i] if isinstance(self.images[i], np.ndarray) else load_image(self.images[i], self.fits)
+            source = self.images[i]
+            image = source if isinstance(source, np.ndarray) else load_image(source, self.fits)
             if not self.views:
                 # The transform's dict as it comes: "image", and "brightness" from the training pipeline.
                 item.update(self.transform(image=image))
@@ -117,7 +121,7 @@ class GalaxyZooDataset(Dataset):
             item.update(blank if not self.views else {"image": torch.stack([blank["image"]] * len(self.views))})
         if self.skip_bad:
             item.setdefault("error", "")
-        if self.labels is not None:
+        if self.labels is not None and self.mask is not None:  # set together
             item["target"] = torch.from_numpy(self.labels[i])
             item["mask"] = torch.from_numpy(self.mask[i])
         return item

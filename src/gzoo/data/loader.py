@@ -39,7 +39,7 @@ def _end_on_sigterm_from(parent: int) -> None:
 
 def make_loader(
     dataset: Dataset,
-    batch_size: int,
+    batch_size: int | None,
     num_workers: int = 0,
     sampler: Sampler | None = None,
     persistent_workers: bool = True,

@@ -8,6 +8,7 @@ its volunteers' votes (gzoo.synth.volunteers), stream 1 its image (gzoo.synth.re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def _sample_features(rng: np.random.Generator) -> Galaxy:
     sb = float(np.exp(rng.uniform(np.log(SB_RANGE[0]), np.log(SB_RANGE[1]))))
     x, y = (float(v) for v in np.clip(rng.normal(0, 3, 2), -8, 8))
     pa = float(rng.uniform(0, np.pi))
-    f = dict(
+    f: dict[str, Any] = dict(
         kind=kind,
         artifact=False,
         x=x,

@@ -63,7 +63,7 @@ def _sersic(r: np.ndarray, re: float, n: float) -> np.ndarray:
 def _clumps(rng: np.random.Generator, cells: int, strength: float) -> np.ndarray:
     """Smooth random log-normal field of mean ~1: star-forming knots, irregular light."""
     small = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32))
-    field = np.asarray(small.resize((RES, RES), Image.BICUBIC))
+    field = np.asarray(small.resize((RES, RES), Image.Resampling.BICUBIC))
     return np.exp(strength * field - strength**2 / 2)
 
 
@@ -184,7 +184,7 @@ def _star_or_artifact(img: np.ndarray, g: Galaxy, rng: np.random.Generator) -> N
     if g.artifact:  # a satellite trail, or scattered light from a star off the frame, in one band
         angle = rng.uniform(0, np.pi)
         dist = dx * np.sin(angle) - dy * np.cos(angle)
-        colour = 0.5 * DISK + 0.5 * rng.permutation(np.array([1.9, 0.6, 0.5], np.float32))
+        colour: np.ndarray = 0.5 * DISK + 0.5 * rng.permutation(np.array([1.9, 0.6, 0.5], np.float32))
         if rng.random() < 0.5:
             _add(img, colour, np.exp(-0.5 * (dist / rng.uniform(1.0, 2.0)) ** 2), g.sb * rng.uniform(0.4, 1.0))
         else:
@@ -251,7 +251,7 @@ def render(g: Galaxy, seed: int, index: int) -> Image.Image:
     seeing = rng.uniform(0.7, 1.1) * np.sqrt(RE_RANGE[1] / max(g.re, RE_RANGE[0]))
     sky = _blur(img, seeing) + SKY_LEVEL[:, None, None]
     pixels = _stretch(sky).astype(np.uint8).transpose(1, 2, 0)
-    return Image.fromarray(pixels).resize((SIZE, SIZE), Image.BICUBIC)
+    return Image.fromarray(pixels).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:

@@ -85,7 +85,7 @@ def _vote(g: Galaxy, rng: np.random.Generator) -> np.ndarray:
 
     # Fractions among those who reached the question, times the parent column (Kaggle).
     row = np.zeros(NUM_ANSWERS)
-    reached = {}
+    reached: dict[int, np.ndarray] = {}
     for q, sl in questions_parent_first():
         if q.parent is None:
             mask = np.ones(n, bool)

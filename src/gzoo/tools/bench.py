@@ -72,6 +72,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import albumentations
 import cv2
@@ -95,13 +96,14 @@ from gzoo.images import load_image
 from gzoo.log import say
 from gzoo.metrics import masked_mse
 from gzoo.net import GalaxyNet, backbone_norm
+from gzoo.options import DataOptions, OptimOptions
 from gzoo.tools.reference_transform import reference_train_transform
 from gzoo.train import CONF
 from gzoo.transforms import eval_transform, train_transform
 
 MODEL_CONF = CONF / "model"
 SEED = 0  # the augmentation's and the shuffle's seed, as a run's seed
-LR = 1.5e-4  # optim=paper's lr (conf/optim/paper.yaml)
+LR = OptimOptions.lr  # optim=paper's lr (gzoo/options.py)
 
 
 @dataclass
@@ -109,7 +111,7 @@ class BenchOptions:
     images: Path = option(REQUIRED, "a folder of JPEGs (repeated if it holds fewer than n)")
     model: str = option("b0", "a variant of conf/model (b0 ... b7, which gives the image size) or any timm name")
     image_size: int | None = option(None, "pixels per side (default: the variant's, or 224 for a timm name)", low=8)
-    batch_size: int = option(70, "images per batch", low=1)
+    batch_size: int = option(DataOptions.batch_size, "images per batch (the recipe's)", low=1)
     workers: int = option(2, "DataLoader worker processes", low=0)
     n: int = option(600, "images for the one-core and loader figures", low=1)
     steps: int = option(10, "batches timed per model figure, after one warm-up batch", low=1)
@@ -171,7 +173,7 @@ def decode_pil(path: Path) -> np.ndarray:
 
 
 def decode_cv2(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)  # type: ignore[arg-type]  # None (not an image) fails in cvtColor
 
 
 # ----------------------------------------------------------------------------- the data path
@@ -220,8 +222,8 @@ def one_core(paths: list[Path], size: int, mean, std, cache: CachedImages) -> di
             "decode_pil": lambda i: decode_pil(paths[i]),
             "decode_cv2": lambda i: decode_cv2(paths[i]),
         }
-        fns.update({name: (lambda i, ds=ds: ds[(i, 0)]) for name, ds in train.items()})
-        fns.update({name: (lambda i, ds=ds: ds[i]) for name, ds in evaluation.items()})
+        fns.update({name: (lambda i, ds=ds: ds[(i, 0)]) for name, ds in train.items()})  # type: ignore[misc]  # mypy cannot type a lambda's default argument
+        fns.update({name: (lambda i, ds=ds: ds[i]) for name, ds in evaluation.items()})  # type: ignore[misc]
         for fn in fns.values():  # warm up: first calls allocate
             fn(0)
         out = {f"{name}_img_s": r for name, r in rates(fns, len(paths)).items()}
@@ -376,7 +378,7 @@ def table(results: dict[str, float], workers: int) -> str:
 def bench(o: BenchOptions) -> dict:
     """Run every measurement, print the table, write ``o.out``; returns what was written."""
     timm_name, size = resolve_model(o.model, o.image_size)
-    mean, std = backbone_norm(timm_name)  # for the reference chain only: GalaxyNet normalises on its own
+    mean, std = backbone_norm(timm_name)  # type: ignore[misc]  # conf/model variants are timm names (not hf_hub:), so never None; for the reference chain only: GalaxyNet normalises on its own
     paths = list_jpegs(o.images, o.n)
     device = resolve_device("auto")
     precision = resolve_precision(o.precision, device)
@@ -388,7 +390,7 @@ def bench(o: BenchOptions) -> dict:
     say(f"bench of {timm_name} at {size} px, batch {o.batch_size}, {o.workers} workers, {precision}, on {describe_device(device)}; load {load:.1f}")
 
     with tempfile.TemporaryDirectory(prefix="gzoo-bench-cache-") as folder:  # the crop cache of the bench's images
-        results = one_core(paths, size, mean, std, cached(paths, Path(folder), o.workers))
+        results: dict[str, Any] = one_core(paths, size, mean, std, cached(paths, Path(folder), o.workers))
     results["device_warp_img_s"] = device_warp_img_s(paths, size, device, o.batch_size, o.steps)
     train_tf, eval_tf = train_transform(size), eval_transform(size)
     results["loader_img_s"] = loader_img_s(train_loader(paths, train_tf, o.batch_size, o.workers), device)

@@ -31,7 +31,7 @@ from gzoo.log import say
 @dataclass(frozen=True)
 class Kind:
     name: str
-    synthetic: Callable[[synth.Galaxy], bool]  # which synthetic galaxies show this kind
+    synthetic: Callable[[synth.Galaxy], object]  # which synthetic galaxies show this kind
     real: tuple[tuple[str, float], ...]  # (column, minimum) rules tried in turn, highest values first
     distinct: Callable[[synth.Galaxy], object] | None = None  # show at most one synthetic galaxy per key
     shown: str | None = None  # the column printed under synthetic galaxies (default: the first rule's)
@@ -87,7 +87,7 @@ def _pick_synthetic(seed: int, count: int, limit: int = 20000) -> list[list[int]
 def _crop(image: Image.Image, tile: int) -> Image.Image:
     """The central half of the frame (the crop the models see), scaled to ``tile`` pixels."""
     w, h = image.size
-    return image.crop((w // 4, h // 4, w - w // 4, h - h // 4)).resize((tile, tile), Image.BICUBIC)
+    return image.crop((w // 4, h // 4, w - w // 4, h - h // 4)).resize((tile, tile), Image.Resampling.BICUBIC)
 
 
 def contact_sheet(out: Path, real: Path, seed: int = 0, per_side: int = 4, tile: int = 128, overwrite: bool = False) -> Path:

@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,12 +46,13 @@ from gzoo.errors import GzooError
 from gzoo.inference import image_dataset, predict_loader
 from gzoo.io import atomic_write_text
 from gzoo.log import say
+from gzoo.options import DataOptions
 from gzoo.tools.bench import Runner, describe_device, resolve_model, train_loader, versions
 from gzoo.transforms import train_transform
 
 PRECISION = "bf16-mixed"  # the GPU figures' (the CPU dry run: 32-true, as CPU training runs)
 PATHS = ("cpu", "device", "cache")  # the input paths, see the docstring
-DRY = {"model": ("test_efficientnet", 32), "batch_size": 4, "n": 16, "steps": 2, "train_epochs": 1}
+DRY: dict[str, Any] = {"model": ("test_efficientnet", 32), "batch_size": 4, "n": 16, "steps": 2, "train_epochs": 1}
 
 
 @dataclass
@@ -152,7 +154,7 @@ def training_run(p: Plan, o: GpuCheckOptions, data: Path) -> dict:
         args = ["debug=tiny", "data.num_workers=0"]
         epochs = DRY["train_epochs"]
     else:
-        batch = 70  # the recipe's batch
+        batch = DataOptions.batch_size  # the recipe's batch
         per_epoch = math.ceil(p.n * 0.85 / batch)
         epochs = max(1, math.ceil(o.train_steps / 2 / per_epoch))
         args = ["trainer=gpu", "speed=gpu", "model=b0", "model.pretrained=false", f"data.batch_size={batch}", f"data.num_workers={p.workers}"]
@@ -165,7 +167,7 @@ def training_run(p: Plan, o: GpuCheckOptions, data: Path) -> dict:
         f"trainer.max_epochs={epochs}",
         "callbacks.progress_bar=null",
     ]
-    out = {}
+    out: dict[str, Any] = {}
     for phase in ("finetune", "fulltune"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("train", overrides=[*common, f"phase={phase}"])
