@@ -22,7 +22,10 @@ def ckpt(trained_run):
     return trained_run["ckpt"]
 
 
-@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+@pytest.mark.parametrize(
+    "fmt, suffix",
+    [pytest.param("onnx", ".onnx", marks=pytest.mark.slow), ("torchscript", ".pt")],  # onnx: 9 s of torch.export, in the slow suite
+)
 def test_exported_model_matches_pytorch(ckpt, tmp_path, fmt, suffix):
     out = export(ckpt, format=fmt, out=tmp_path / f"model{suffix}")
     meta = json.loads(sidecar_path(out).read_text())
