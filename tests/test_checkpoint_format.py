@@ -59,7 +59,7 @@ def test_a_new_checkpoint_records_its_format_and_the_gzoo_that_wrote_it(ckpt):
     assert any(k.startswith("net.body.") for k in data["state_dict"]) and data["hyper_parameters"]["timm_name"] == "test_efficientnet"
 
 
-def test_todays_layout_without_the_format_fields_loads_and_predicts_the_same(ckpt, tmp_path):
+def test_todays_layout_without_the_format_fields_loads_and_predicts_the_same(ckpt, tmp_path, capsys):
     bare = edited(ckpt, tmp_path / "bare.ckpt", without_format)
     assert "gzoo_format" not in torch.load(bare, weights_only=False)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -68,6 +68,8 @@ def test_todays_layout_without_the_format_fields_loads_and_predicts_the_same(ckp
     assert torch.equal(got, expected)
     assert read_checkpoint(bare, "resume")["state_dict"].keys() == read_checkpoint(ckpt, "resume")["state_dict"].keys()
     assert GalaxyZooModule.from_checkpoint(bare).net.head == "tree"  # the head it was saved with
+    said = capsys.readouterr().out
+    assert "records no format (gzoo 0.1.0 wrote it before checkpoints carried one); its layout is format 2's, so it is read as format 2" in said
 
 
 def test_a_future_format_is_one_sentence_naming_the_file_the_format_and_the_version_that_wrote_it(ckpt, tmp_path):

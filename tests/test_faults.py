@@ -1,4 +1,4 @@
-"""Run safety (issue 13): a full disk during a checkpoint save, signals to the whole job, two runs in one folder,
+"""Run safety: a full disk during a checkpoint save, signals to the whole job, two runs in one folder,
 a weights file never dropped, a checkpoint that knows its split, and inputs refused before anything is written."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-# ----------------------------------------------------------------------------- 1: a full disk during a checkpoint save
+# ----------------------------------------------------------------------------- a full disk during a checkpoint save
 
 
 def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint_and_names_the_disk(tmp_path, data, monkeypatch):
@@ -102,7 +102,7 @@ def test_a_disk_that_fills_inside_torch_save_is_named_not_a_zip_writer_error(tmp
     assert all(load(checkpoints / n)["epoch"] == 0 for n in ("best.ckpt", "last.ckpt"))
 
 
-# ----------------------------------------------------------------------------- 2: signals
+# ----------------------------------------------------------------------------- signals
 
 
 def test_a_signal_before_the_first_checkpoint_stops_at_a_batch_and_says_to_rerun(tmp_path, data, monkeypatch):
@@ -210,7 +210,7 @@ def test_resuming_with_fewer_epochs_than_were_trained_is_one_sentence(tmp_path, 
     assert load(last)["epoch"] == 3
 
 
-# ----------------------------------------------------------------------------- 3: one run per folder
+# ----------------------------------------------------------------------------- one run per folder
 
 
 def test_a_run_folder_is_locked_while_a_run_writes_and_a_stale_lock_is_taken_over(tmp_path, data, monkeypatch):
@@ -252,7 +252,7 @@ def test_a_run_that_stops_before_writing_leaves_no_folder_behind(tmp_path, data)
     assert not (tmp_path / "outputs").exists()  # the lock and the folders made for it are gone
 
 
-# ----------------------------------------------------------------------------- 4: model.weights is never dropped
+# ----------------------------------------------------------------------------- model.weights is never dropped
 
 
 def test_model_weights_are_loaded_when_pretrained_is_false(tmp_path, data, monkeypatch):
@@ -278,7 +278,7 @@ def test_model_weights_are_loaded_when_pretrained_is_false(tmp_path, data, monke
     assert all(torch.equal(trained_from[k], v) for k, v in body.state_dict().items())
 
 
-# ----------------------------------------------------------------------------- 7: a checkpoint knows its split
+# ----------------------------------------------------------------------------- a checkpoint knows its split
 
 
 def test_evaluate_refuses_a_config_that_does_not_belong_to_the_checkpoint(tmp_path, trained_run):
@@ -314,7 +314,7 @@ def test_evaluate_refuses_a_config_that_does_not_belong_to_the_checkpoint(tmp_pa
         check_split(ckpt, moved, tmp_path / "moved.yaml")
 
 
-# ----------------------------------------------------------------------------- 8, 12: labels files
+# ----------------------------------------------------------------------------- labels files
 
 
 def test_a_labels_row_cut_short_is_refused_naming_the_row(tmp_path):
@@ -348,7 +348,7 @@ def test_an_empty_labels_file_and_a_missing_one_say_what_to_set(tmp_path):
     )
 
 
-# ----------------------------------------------------------------------------- 10, 11: options checked before anything runs
+# ----------------------------------------------------------------------------- options checked before anything runs
 
 
 @pytest.mark.parametrize(
@@ -395,7 +395,7 @@ def test_a_wrong_type_or_unknown_key_is_one_sentence_from_the_schema(tmp_path, o
     assert not (tmp_path / "outputs").exists()
 
 
-# ----------------------------------------------------------------------------- 13: an unwritable output folder, a GPU that is not there
+# ----------------------------------------------------------------------------- an unwritable output folder, a GPU that is not there
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Resume, rerun and continue never change the science (issue 21): a resumed run takes its checkpoint's weights
+"""Resume, rerun and continue never change the science: a resumed run takes its checkpoint's weights
 before anything is computed from them, refuses another split or network, keeps its history; an earlier phase is
 read only when finished and whole; configs record absolute paths; null groups and failing sweep jobs are said."""
 
@@ -54,7 +54,7 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-# ----------------------------------------------------------------------------- 1: a resumed feature-cached finetune
+# ----------------------------------------------------------------------------- a resumed feature-cached finetune
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_a_feature_cached_finetune_killed_by_sigkill_after_its_second_epoch_resu
     assert max(float((parts[k].float() - whole[k].float()).abs().max()) for k in whole) == 0.0
 
 
-# ----------------------------------------------------------------------------- 2: a resume that would change the run
+# ----------------------------------------------------------------------------- a resume that would change the run
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_resume_with_a_changed_split_seed_is_refused_through_the_command(tmp_pat
     assert "was trained with data.split_seed=1234, not 99; a resumed run keeps the split it started with" in refused.stderr
 
 
-# ----------------------------------------------------------------------------- 15: the whole history after a resume
+# ----------------------------------------------------------------------------- the whole history after a resume
 
 
 def test_metrics_history_after_a_resume_holds_every_epoch(tmp_path, data):
@@ -180,7 +180,7 @@ def test_metrics_history_after_a_resume_holds_every_epoch(tmp_path, data):
     assert json.loads((tmp_path / RUN / "metrics.json").read_text())["history"] == metrics["history"]
 
 
-# ----------------------------------------------------------------------------- 13: no circular advice
+# ----------------------------------------------------------------------------- no circular advice
 
 
 def test_a_run_stopped_before_its_first_checkpoint_gets_advice_that_leads_somewhere(tmp_path, data):
@@ -196,7 +196,7 @@ def test_a_run_stopped_before_its_first_checkpoint_gets_advice_that_leads_somewh
     assert (tmp_path / RUN / "checkpoints/last.ckpt").is_file()
 
 
-# ----------------------------------------------------------------------------- 12, 18: an earlier phase's checkpoint
+# ----------------------------------------------------------------------------- an earlier phase's checkpoint
 
 
 def test_an_unusable_checkpoint_is_one_sentence_and_leaves_no_folder(tmp_path, two_epochs, data):
@@ -237,7 +237,7 @@ def test_init_from_a_run_that_is_still_running_is_refused(tmp_path, two_epochs, 
             train(make_cfg(tmp_path, data, *SMALL, "phase=fulltune", f"phase.init_from={metrics['best_checkpoint']}"))
 
 
-# ----------------------------------------------------------------------------- 19: absolute paths in the run's config
+# ----------------------------------------------------------------------------- absolute paths in the run's config
 
 
 def test_the_run_config_records_absolute_paths_so_it_works_from_any_folder(tmp_path, data, monkeypatch):
@@ -251,7 +251,7 @@ def test_the_run_config_records_absolute_paths_so_it_works_from_any_folder(tmp_p
     assert evaluate([f"ckpt={data.parent / 'rel' / RUN / 'checkpoints/best.ckpt'}", f"out={tmp_path / 'eval'}", "tta=[1]", "num_workers=0"]) == 0
 
 
-# ----------------------------------------------------------------------------- 16: groups set to null
+# ----------------------------------------------------------------------------- groups set to null
 
 
 @pytest.mark.parametrize("override", ["logger=null", "callbacks=null", "~logger", "~callbacks"])
@@ -264,7 +264,7 @@ def test_null_groups_are_read_as_hydra_removes_a_group():
     assert null_groups(["logger=null", "callbacks=null", "model.weights=null", "~logger"]) == ["~logger", "~callbacks", "model.weights=null", "~logger"]
 
 
-# ----------------------------------------------------------------------------- 6: a sweep goes on after a failed job
+# ----------------------------------------------------------------------------- a sweep goes on after a failed job
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ def test_default_trainer_is_exact_and_gpu_preset_is_fast():
     assert not cfg.speed.channels_last and not cfg.speed.compile
 
     gpu = compose_train("trainer=gpu", "speed=gpu", "model=b3")
-    print(OmegaConf.to_yaml(gpu.trainer))
     assert gpu.trainer.accelerator == "gpu" and gpu.trainer.precision == "bf16-mixed"
     assert gpu.speed.channels_last and gpu.data.num_workers == 8 and gpu.model.name == "b3"
     assert gpu.trainer.max_epochs == 50  # the rest of trainer/default.yaml is kept
@@ -67,7 +66,6 @@ def test_every_trainer_preset_is_valid_lightning_trainer_arguments(preset):
 
 def test_ddp_preset_takes_devices_and_nodes():
     cfg = compose_train("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
-    print(OmegaConf.to_yaml(cfg.trainer))
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 8 and cfg.trainer.num_nodes == 2
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"  # on top of trainer=gpu
 
@@ -76,7 +74,6 @@ def test_slurm_launcher_gets_one_task_per_gpu_on_each_node():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher")
     cfg = compose_train("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu", hydra_config=True)
     HydraConfig.instance().set_config(cfg)
-    print(OmegaConf.to_yaml(cfg.hydra.launcher, resolve=True))
     launcher = hydra.utils.instantiate(cfg.hydra.launcher)  # what `-m hydra/launcher=slurm` builds
     assert type(launcher).__name__ == "SlurmLauncher"
     p = launcher.params
@@ -90,7 +87,6 @@ def test_optuna_search_composes():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper")
     cfg = compose_train("hparams_search=optuna", hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    print(OmegaConf.to_yaml(sweeper))
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert set(sweeper.params) == {"optim.lr", "model.dropout", "data.batch_size", "data.augment.shift", "data.augment.zoom", "data.augment.brightness"}
     cfg.hydra.job.num = 3  # as the sweeper sets it for the fourth trial
@@ -113,14 +109,12 @@ def test_optuna_search_runs_and_minimises_val_rmse(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = out.glob("hydra/multirun/*/optimization_results.yaml")
     best = yaml.safe_load(results.read_text())
-    print(best)
     assert 0 < best["best_value"] < 1 and set(best["best_params"]) >= {"optim.lr", "model.dropout"}
     assert sorted(p.name for p in (out / "optuna").iterdir()) == ["trial_0", "trial_1"]
 
 
 def test_heads_experiment_sweeps_both_heads_on_the_same_split_and_seed():
     runs = {head: compose_train("experiment=heads", f"model.head={head}", hydra_config=True) for head in ("sigmoid", "tree")}
-    print(OmegaConf.to_yaml(runs["tree"].hydra.sweeper))
     assert runs["tree"].hydra.sweeper.params["model.head"] == "sigmoid,tree"
     assert runs["sigmoid"].run_dir != runs["tree"].run_dir
     for key in ("seed", "data.split_seed", "data.val_fraction", "model.timm_name"):

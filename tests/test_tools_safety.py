@@ -1,4 +1,4 @@
-"""The tools' safety (issue "Nothing silent"): an output that cannot be written, a signal, two writers of one
+"""The tools' safety: an output that cannot be written, a signal, two writers of one
 output, an export that fails half-way, the Python API's sources, and an image too small to crop.
 
 Every test here fails on the code before the fixes (run it with PYTHONPATH=<the old src>). The checkpoint is
@@ -83,7 +83,7 @@ def sigterm_guard():
     signal.signal(signal.SIGTERM, before)
 
 
-# ----------------------------------------------------------------------------- 8: the tools' one front door
+# ----------------------------------------------------------------------------- the tools' one front door
 
 
 def test_an_out_that_cannot_be_written_is_one_sentence_before_any_prediction(ckpt, images, tmp_path, spy_predictions, capsys):
@@ -205,7 +205,7 @@ def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tm
     assert list(tmp_path.iterdir()) == []  # no table, no temporary file, no lock
 
 
-# ----------------------------------------------------------------------------- 11: one writer per output
+# ----------------------------------------------------------------------------- one writer per output
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(ckpt, images, tmp_path, monkeypatch, capsys):
@@ -246,7 +246,7 @@ def test_another_process_writing_out_is_named_and_a_dead_ones_lock_is_taken_over
     assert len(pd.read_csv(out)) == 3 and not lock.exists()
 
 
-# ----------------------------------------------------------------------------- 9: export writes both files or neither
+# ----------------------------------------------------------------------------- export writes both files or neither
 
 
 def earlier_pair(tmp_path: Path) -> tuple[Path, Path]:
@@ -289,7 +289,7 @@ def test_a_failed_rename_of_the_sidecar_puts_the_earlier_model_back(ckpt, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
 
 
-# ----------------------------------------------------------------------------- 17: the Python API's sources
+# ----------------------------------------------------------------------------- the Python API's sources
 
 
 def test_a_blank_id_in_a_dataframe_is_refused_naming_the_row(model, images):
@@ -345,7 +345,7 @@ def test_one_file_under_two_ids_is_refused_naming_both_rows(model, images, tmp_p
             model.predict(frame, num_workers=0, progress=False)
 
 
-# ----------------------------------------------------------------------------- 7: an image too small to crop is a bad image
+# ----------------------------------------------------------------------------- an image too small to crop is a bad image
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import torch
 from gzoo.device import resolve_device
 from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
+from gzoo.log import say
 from gzoo.metrics import MaskedRMSE, masked_mse
 from gzoo.net import GalaxyNet
 from gzoo.optim import check as check_optim
@@ -200,6 +201,7 @@ def checkpoint_format(ckpt: dict, named: str = "the checkpoint") -> int:
     carried their format: weights ``net.body.*``, hyper_parameters with timm_name); any other is older."""
     found = ckpt.get("gzoo_format")
     if found is None and any(k.startswith("net.body.") for k in ckpt["state_dict"]) and "timm_name" in ckpt["hyper_parameters"]:
+        say(f"{named} records no format (gzoo 0.1.0 wrote it before checkpoints carried one); its layout is format 2's, so it is read as format 2")
         found = 2  # today's layout, saved before the format was recorded: the same keys, so it loads as it is
     if found == CHECKPOINT_FORMAT:
         return found
