@@ -192,18 +192,28 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 #: The options that name files or folders: recorded absolute in config.yaml, so the run's config works from any folder.
-PATH_OPTIONS = ("paths.output_root", "paths.data_root", "paths.synth_root", "data.root", "data.catalog", "model.weights", "phase.init_from", "run_dir")
+PATH_OPTIONS = (
+    "paths.output_root",
+    "paths.data_root",
+    "paths.synth_root",
+    "data.root",
+    "data.catalog",
+    "data.crop_cache",
+    "model.weights",
+    "phase.init_from",
+    "run_dir",
+)
 
 
 def absolute_paths(cfg: DictConfig) -> None:
-    """Each of :data:`PATH_OPTIONS` that holds a relative path becomes absolute (from the working folder), in place."""
+    """Each of :data:`PATH_OPTIONS` that holds a relative path becomes absolute (from the working folder), in place;
+    names that are not paths (data.crop_cache=auto, hf_hub:..., s3://...) stay as they are."""
     for key in PATH_OPTIONS:
         value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, str) and value and not re.match(r"^[a-zA-Z][\w+.-]*:", value) and not Path(value).expanduser().is_absolute():  # not hf_hub:, s3://
+        if not isinstance(value, str) or value in ("", "auto") or re.match(r"^[a-zA-Z][\w+.-]*:", value):
+            continue
+        if not Path(value).expanduser().is_absolute():
             OmegaConf.update(cfg, key, str(Path(value).expanduser().absolute()), merge=False)
-    crop_cache = OmegaConf.select(cfg, "data.crop_cache", default=None)
-    if isinstance(crop_cache, str) and crop_cache not in ("", "auto") and not Path(crop_cache).expanduser().is_absolute():
-        OmegaConf.update(cfg, "data.crop_cache", str(Path(crop_cache).expanduser().absolute()), merge=False)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
