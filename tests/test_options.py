@@ -5,6 +5,7 @@ for a tool is one sentence, exit status 2, and nothing written."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -145,4 +146,6 @@ def test_a_full_disk_under_gzoo_predict_is_one_sentence_and_leaves_no_partial_ta
     assert status == 2, err
     (line,) = err.strip().splitlines()
     assert line.startswith("[gzoo] error: could not write ") and "is full (No space left on device)" in line, line
-    assert not out.exists() and not [p for p in full_disk.rglob("*") if p.name not in ("filler",) and p.is_file()]
+    assert not out.exists() and not [p for p in full_disk.rglob("*") if p.name not in ("filler", "_manifest.json") and p.is_file()]
+    # What is left is whole: the manifest of the parts to resume (no part could be written).
+    assert json.loads((out.parent / ".predictions.csv.parts" / "_manifest.json").read_text())["parts"] == 1

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from gzoo import inference, predict, schema
-from gzoo.errors import GzooError
+from gzoo.errors import GzooError, RunInterrupted
 from gzoo.inference import predict_images
 from gzoo.module import load_net
 from gzoo.predict import PredictOptions
@@ -82,25 +82,30 @@ def test_tta8_is_exactly_invariant_to_right_angle_rotations_and_flips(ckpt):
     assert np.abs(predict_images(net, [image], tta=3) - plain[0]).max() > 1e-5
 
 
-def test_an_interrupted_prediction_leaves_no_file(ckpt, images, tmp_path, monkeypatch):
+def test_an_interrupted_prediction_leaves_no_table_and_a_rerun_finishes_it(ckpt, images, tmp_path, monkeypatch):
     real = inference.predict_loader
 
     def interrupted(*args, **kwargs):
         batches = real(*args, **kwargs)
-        yield next(batches)  # the first batch reaches the file ...
+        yield next(batches)  # the first batch is computed ...
         raise KeyboardInterrupt  # ... then the user presses Ctrl-C
 
     monkeypatch.setattr(inference, "predict_loader", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="stopped by SIGINT after writing 0 of the 1 parts to do .* run the same command again") as stop:
         predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2))
-    assert list(tmp_path.iterdir()) == []  # neither sub.csv nor a temporary file
+    assert stop.value.status == 130
+    parts = tmp_path / ".sub.csv.parts"
+    assert [p.name for p in tmp_path.iterdir()] == [parts.name]  # no table, no temporary file, no lock
+    assert [p.name for p in parts.iterdir()] == ["_manifest.json"]  # no half-written part
 
     # An earlier result survives an interrupted overwrite untouched.
     (tmp_path / "sub.csv").write_text("earlier\n")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted):
         predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2, overwrite=True))
     assert (tmp_path / "sub.csv").read_text() == "earlier\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
+    monkeypatch.setattr(inference, "predict_loader", real)
+    predict.predict(options(ckpt, images, tmp_path / "sub.csv", batch_size=2, overwrite=True))
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == 7 and [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
 
 
 def test_an_existing_output_is_kept_unless_overwrite(ckpt, images, tmp_path):
@@ -133,7 +138,7 @@ def test_skip_leaves_bad_images_out_and_lists_them(ckpt, with_bad_files, tmp_pat
     assert pd.read_csv(out)[schema.ID_COLUMN].tolist() == [3, 7, 25, 900, 1000, 10000, 123456]
     listed = (tmp_path / "sub.csv.skipped.txt").read_text().splitlines()
     assert [Path(line.split("\t")[0]).name for line in listed] == ["11.jpg", "12.jpg"]
-    assert "skipped 2 unreadable images (11.jpg, 12.jpg)" in capsys.readouterr().out
+    assert "left out 2 unreadable images (on_bad_image=skip): 11.jpg, 12.jpg;" in capsys.readouterr().err
 
 
 def test_command_line(ckpt, images, tmp_path, capsys):
@@ -151,7 +156,7 @@ def test_command_line(ckpt, images, tmp_path, capsys):
         (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "on_bad_image=ignore is not one of error, skip"),
         (["ckpt=x", "images=y"], "out=... is required"),
         (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "holds no image files"),
-        (["ckpt=x", "images=.", "out=z.json"], "out=z.json: the extension chooses the format and must be .csv or .parquet"),
+        (["ckpt=x", "images=.", "out=z.json"], "out=z.json must be FILE.csv or FILE.parquet (one table) or FOLDER/"),
         (["ckpt=x", "images=y", "out=z.csv", "fits.softening=0"], "fits.softening=0.0 must be >= 1e-06"),
     ],
 )

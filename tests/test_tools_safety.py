@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 import gzoo
-from gzoo import config, export, inference, predict, schema
+from gzoo import config, export, inference, predict, schema, survey
 from gzoo.errors import GzooError
 from gzoo.inference import predict_images
 from gzoo.predict import PredictOptions
@@ -60,14 +60,14 @@ def one_error_line_of(capsys) -> str:
 
 @pytest.fixture
 def spy_predictions(monkeypatch) -> list:
-    """Records each call of predict_table (the work), calling the real one."""
-    calls, real = [], predict.predict_table
+    """Records each call of part_table (the work), calling the real one."""
+    calls, real = [], survey.part_table
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(predict, "predict_table", spy)
+    monkeypatch.setattr(survey, "part_table", spy)
     return calls
 
 
@@ -136,22 +136,33 @@ def full_disk(monkeypatch, folder: Path, room: int = 1000):
 
     monkeypatch.setattr(builtins, "open", filling_open)
     monkeypatch.setattr(torch.jit, "save", jit_save)
-    yield
-    monkeypatch.setattr(builtins, "open", real_open)
-    monkeypatch.setattr(torch.jit, "save", real_jit_save)
+    try:
+        yield
+    finally:  # the disk has room again after the block, whether it ended in an error or not
+        monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(torch.jit, "save", real_jit_save)
 
 
-def test_a_disk_that_fills_while_the_table_is_written_is_one_sentence(ckpt, images, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "sub.csv"
-    with full_disk(monkeypatch, tmp_path):
-        status = predict.main(args(ckpt, images, out))
+def test_a_disk_that_fills_while_the_table_is_written_is_one_sentence(ckpt, images, tmp_path, monkeypatch, capsys, spy_predictions):
+    out, real_merge = tmp_path / "sub.csv", survey.Parts.merge
+
+    def merge_on_a_full_disk(parts, table):  # the disk fills once the parts are written, while the table is
+        with full_disk(monkeypatch, tmp_path):
+            return real_merge(parts, table)
+
+    monkeypatch.setattr(survey.Parts, "merge", merge_on_a_full_disk)
+    status = predict.main(args(ckpt, images, out))
+    monkeypatch.setattr(survey.Parts, "merge", real_merge)
     assert status == 2
+    parts = tmp_path / ".sub.csv.parts"
     assert one_error_line_of(capsys) == (
-        f"[gzoo] error: could not write the predictions {out}: the disk holding {tmp_path} is full (No space left on device); "
-        "the 3 predictions were computed but not saved (nothing half-written is left); free space there or choose another out=, "
-        "then run the same command again."
+        f"[gzoo] error: could not write the merged table {out}: the disk holding {tmp_path} is full (No space left on device); "
+        f"the parts are kept in {parts}: free space there and run the same command again."
     )
-    assert list(tmp_path.iterdir()) == []  # no partial table, no temporary file, no lock
+    assert [p.name for p in tmp_path.iterdir()] == [parts.name]  # no partial table, no temporary file, no lock
+    # Once there is room, the same command merges the part it kept, without predicting again.
+    assert predict.main(args(ckpt, images, out)) == 0, capsys.readouterr().err
+    assert len(pd.read_csv(out)) == 3 and spy_predictions == [1] and [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
 
 
 def test_every_tools_front_door_turns_disks_and_signals_into_one_sentence(tmp_path, sigterm_guard, capsys):
@@ -201,8 +212,10 @@ def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tm
 
     monkeypatch.setattr(inference, "predict_loader", terminated)
     assert predict.main(args(ckpt, images, tmp_path / "sub.csv", "batch_size=1")) == 143
-    assert one_error_line_of(capsys).startswith("[gzoo] error: stopped by SIGTERM before it finished;")
-    assert list(tmp_path.iterdir()) == []  # no table, no temporary file, no lock
+    said = capsys.readouterr().err.strip().splitlines()  # one line, no traceback: the run was stopped, not mistaken
+    assert len(said) == 1 and said[0].startswith("[gzoo] stopped by SIGTERM after writing 0 of the 1 parts to do"), said
+    assert [p.name for p in tmp_path.iterdir()] == [".sub.csv.parts"]  # no table, no temporary file, no lock
+    assert [p.name for p in (tmp_path / ".sub.csv.parts").iterdir()] == ["_manifest.json"]  # no half-written part
 
 
 # ----------------------------------------------------------------------------- one writer per output
@@ -210,7 +223,7 @@ def test_sigterm_during_prediction_leaves_nothing_and_exits_143(ckpt, images, tm
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(ckpt, images, tmp_path, monkeypatch, capsys):
     out, seen = tmp_path / "sub.csv", {}
-    real = predict.predict_table
+    real = survey.part_table
 
     def second_run_meanwhile(*a, **k):
         if not seen:
@@ -219,10 +232,11 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(ckpt, im
             seen["err"] = capsys.readouterr().err
         return real(*a, **k)
 
-    monkeypatch.setattr(predict, "predict_table", second_run_meanwhile)
+    monkeypatch.setattr(survey, "part_table", second_run_meanwhile)
     assert predict.main(args(ckpt, images, out)) == 0
     assert seen["status"] == 2 and "Traceback" not in seen["err"]
-    assert seen["err"].startswith(f"[gzoo] error: {out} is in use by another run (pid {os.getpid()} on {socket.gethostname()}, started ")
+    share = tmp_path / ".sub.csv.parts" / "share-0-of-1"
+    assert seen["err"].startswith(f"[gzoo] error: {share} is in use by another run (pid {os.getpid()} on {socket.gethostname()}, started ")
     assert len(pd.read_csv(out)) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv"]  # the first run's table, its lock gone
 
 

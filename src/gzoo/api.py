@@ -12,22 +12,27 @@ an id column (``id_str``), or a catalogue file (.csv or .parquet) with those col
 reads ``data.catalog`` (relative paths from the catalogue's folder). A row without a file or an id, and
 two rows naming one image file, are errors naming the rows. Decoded images are accepted too: a list of
 RGB uint8 arrays (H, W, 3), whose ids are their positions 0..N-1 in the column "index".
-Every image file gzoo reads is accepted (see gzoo.images). Both methods build their table with
-gzoo.inference.predict_table, the prediction tool's own loop; nothing downloads.
+Every image file gzoo reads is accepted (see gzoo.images). Both methods take the options of
+``python -m gzoo.predict`` and run the same parts (gzoo.survey); with ``out=`` they write them as the
+tool does (resumable), else they return one DataFrame. Nothing downloads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from gzoo.config import check_values
+from gzoo.errors import GzooError
 from gzoo.images import FitsStretch
-from gzoo.inference import image_source, predict_table
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import GalaxyNet
+from gzoo.survey import EmbedOptions, open_source, run, table_of
 
 
 class Model:
@@ -48,54 +53,46 @@ class Model:
     def __repr__(self) -> str:
         return f"gzoo.Model({self.net.timm_name} at {self.net.image_size} px on {self.device}, from {self.checkpoint})"
 
-    def predict(
-        self,
-        source: Any,
-        tta: int = 1,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        precision: str = "auto",
-        on_bad_image: str = "error",
-        fits: FitsStretch | dict | None = None,
-        file_column: str = "file_loc",
-        id_column: str = "id_str",
-        progress: bool = True,
-        root: str | Path | None = None,
-    ) -> pd.DataFrame:
+    def predict(self, source: Any, out: str | Path | None = None, root: str | Path | None = None, **options: Any) -> pd.DataFrame | Path:
         """The predicted vote fractions: the id column, then one column per label (:attr:`labels`), one row per image.
 
-        Rows follow the source: a folder sorted by id, a list or DataFrame in its order. The id is the
-        DataFrame's ``id_column`` when it has one, else the file name without its extension (an integer
-        when it is all digits: the column is then GalaxyID, else id_str). ``tta``: views averaged per galaxy
-        (8 = right-angle rotations x mirror; see gzoo.inference). ``on_bad_image="skip"`` leaves unreadable
-        images out and says which; ``fits``: the stretch of FITS files (a FitsStretch or its fields as a dict).
+        Rows follow the source: a folder sorted by id, a list, DataFrame or catalogue in its order. The id is the
+        DataFrame's or catalogue's ``id_column`` when it has one, else the file name without its extension (an
+        integer when it is all digits: the column is then GalaxyID, else id_str). ``options`` are gzoo.predict's
+        (gzoo.survey.SurveyOptions): ``tta`` (views averaged per galaxy; 8 = right-angle rotations x mirror),
+        ``batch_size``, ``num_workers``, ``precision``, ``on_bad_image="skip"`` (leave unreadable images out and
+        say which), ``fits`` (a FitsStretch or its fields as a dict), ``file_column``/``id_column``, ``carry``
+        (columns of a catalogue or DataFrame to copy), ``outputs="both"`` (the embedding too), ``progress``.
         ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
         a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".
+
+        With ``out`` (FILE.csv, FILE.parquet or FOLDER/) the table is written in parts as ``python -m gzoo.predict``
+        writes it (resumable, ``part_size``, ``shard``) and the output's path is returned instead.
         """
-        return self._table(source, False, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root)
+        return self._run(source, out, root, "predictions", options)
 
-    def embed(
-        self,
-        source: Any,
-        tta: int = 1,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        precision: str = "auto",
-        on_bad_image: str = "error",
-        fits: FitsStretch | dict | None = None,
-        file_column: str = "file_loc",
-        id_column: str = "id_str",
-        progress: bool = True,
-        root: str | Path | None = None,
-    ) -> pd.DataFrame:
+    def embed(self, source: Any, out: str | Path | None = None, root: str | Path | None = None, **options: Any) -> pd.DataFrame | Path:
         """The pooled body features (GalaxyNet.features, e.g. 1280 for B0): the id column, then feature_0 ...,
-        one row per image, averaged over the ``tta`` views; the other arguments as for :meth:`predict`."""
-        return self._table(source, True, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root)
+        one row per image, averaged over the ``tta`` views; ``embedding_dtype="float16"`` halves them, and
+        ``embedding_layout="list"`` makes them one column "embedding"; the rest as for :meth:`predict`."""
+        return self._run(source, out, root, "embeddings", options)
 
-    def _table(self, source, features, tta, batch_size, num_workers, precision, on_bad_image, fits, file_column, id_column, progress, root) -> pd.DataFrame:
-        paths, ids, id_name = image_source(source, file_column, id_column, root)
-        fits = FitsStretch(**fits) if isinstance(fits, dict) else fits
-        table, skipped = predict_table(self.net, paths, ids, id_name, tta, batch_size, num_workers, on_bad_image, precision, progress, fits, features)
+    def _run(self, source: Any, out: str | Path | None, root: str | Path | None, what: str, options: dict) -> pd.DataFrame | Path:
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(EmbedOptions)} - {"ckpt", "images", "out"})
+        if unknown:
+            raise GzooError(f"unknown option {unknown[0]!r}; the options are those of python -m gzoo.{'predict' if what == 'predictions' else 'embed'} --help.")
+        if isinstance(options.get("fits"), dict):
+            options["fits"] = FitsStretch(**options["fits"])
+        options.setdefault("outputs", what)
+        o = EmbedOptions(ckpt=Path(str(self.checkpoint)), images=source, out=str(out) if out is not None else "", **options)
+        check_values(o, EmbedOptions)
+        if out is not None:
+            if self.checkpoint is None or not isinstance(source, (str, os.PathLike)):
+                raise GzooError(
+                    "out= writes parts as python -m gzoo.predict does: give a folder or catalogue file as the source, of a model from gzoo.load(checkpoint)."
+                )
+            return run(o, what)
+        table, skipped = table_of(self.net, open_source(source, o.file_column, o.id_column, o.carry, root, o.progress), o)
         if skipped:
             shown = ", ".join(str(p) for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             say(f"left out {len(skipped)} unreadable images (on_bad_image=skip): {shown}")

@@ -7,7 +7,7 @@ all run their networks here, so an image is seen the same way everywhere:
                made on the device from the cropped uint8 batch; the feature cache takes them too)
     batches    image_dataset (unlabelled images as the network sees them), predict_loader (predictions or
                pooled features, averaged over the views), predict_images (an (N, 37) array)
-    tables     predict_table (the id column, then one column per answer or feature), id_column_name
+    arrays     predict_arrays (answers and/or pooled features of many images, the unreadable ones listed), id_column_name
     sources    list_images (a folder), image_files (given files), image_source (whatever the Python API is given)
 """
 
@@ -62,20 +62,24 @@ def image_dataset(
 
 
 @torch.no_grad()
-def predict_loader(net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: str = "auto", progress: bool = False, features: bool = False) -> Iterator[dict]:
+def predict_loader(
+    net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: str = "auto", progress: bool = False, outputs: str = "predictions"
+) -> Iterator[dict]:
     """Predictions batch by batch, in the loader's order: each batch's dict with "pred" (B, 37) float64
     averaged over the views (NaN rows for unreadable images, whose reason is under "error").
 
     The loader's items carry views (B, V, 3, S, S) (see GalaxyZooDataset); tta=8 adds the
-    8 right-angle views on the device. ``features=True``: "pred" holds the pooled body features
-    (B, F) (GalaxyNet.features) instead, averaged over the views the same way.
+    8 right-angle views on the device. ``outputs``: "predictions" ("pred"), "embeddings" ("features":
+    the pooled body features (B, F), GalaxyNet.features) or "both", from one pass of the body; each
+    averaged over the views the same way.
     """
-    forward = net.features if features else net
+    if outputs not in OUTPUTS:
+        raise GzooError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}.")
     if tta < 1:
         raise GzooError(f"tta must be a number of views >= 1, got {tta}.")
     device = next(net.parameters()).device
     net.eval()
-    desc = f"{'embedding' if features else 'predicting'} (tta={tta})"
+    desc = f"{'embedding' if outputs == 'embeddings' else 'predicting'} (tta={tta})"
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress) as bar:  # type: ignore[arg-type]  # torch types Dataset without __len__; gzoo's have one
         for batch in loader:
             views = batch["image"]
@@ -83,12 +87,21 @@ def predict_loader(net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: 
             if tta == 8:
                 x = dihedral_views(x).flatten(0, 1)
             with autocast(device, precision):
-                pred = forward(x)
-            pred = pred.double().view(len(views), -1, pred.shape[-1]).mean(dim=1).cpu().numpy()
+                features = net.features(x)
+                pred = net.from_features(features) if outputs != "embeddings" else None
             errors = list(batch.get("error", [""] * len(views)))
-            pred[[bool(e) for e in errors]] = np.nan
+            bad = [bool(e) for e in errors]
+            out = {**batch, "error": errors}
+            for key, value in (("pred", pred), ("features", features if outputs != "predictions" else None)):
+                if value is not None:
+                    out[key] = value.double().view(len(views), -1, value.shape[-1]).mean(dim=1).cpu().numpy()
+                    out[key][bad] = np.nan
             bar.update(len(views))
-            yield {**batch, "pred": pred, "error": errors}
+            yield out
+
+
+#: What a pass over images gives: the answers, the pooled body features, or both from one pass.
+OUTPUTS = ("predictions", "embeddings", "both")
 
 
 def _check_readable(batch: dict, on_bad_image: str) -> None:
@@ -129,51 +142,50 @@ def id_column_name(ids: Sequence[GalaxyId]) -> str:
     return schema.ID_COLUMN if all(isinstance(i, int) for i in ids) else "id_str"
 
 
-def predict_table(
+def predict_arrays(
     net: GalaxyNet,
-    paths: Sequence[Path | np.ndarray],
-    ids: Sequence[GalaxyId],
-    id_name: str | None = None,
+    images: Sequence[Path | np.ndarray],
     tta: int = 1,
     batch_size: int = 32,
     num_workers: int = 0,
     on_bad_image: str = "error",
     precision: str = "auto",
-    progress: bool = False,
+    outputs: str = "predictions",
     fits: FitsStretch | None = None,
-    features: bool = False,
-) -> tuple[pd.DataFrame, list[tuple[Path | str, str]]]:
-    """The table of image files (or decoded RGB uint8 arrays): the id column (``id_name``, default :func:`id_column`), then one column per
-    answer (Class1.1 ...), or with ``features=True`` one per pooled body feature (feature_0 ...), one row per
-    readable image in the order given; and the unreadable ones left out with ``on_bad_image="skip"`` (path, or
-    "array <position>", and the reason). An image the dataset cannot decode or transform (a broken file, one too
-    small to crop) is such an unreadable image: an error naming it, or with ``on_bad_image="skip"`` left out.
+    bar: tqdm | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[Path | str, str]]]:
+    """The network's outputs for image files (or decoded RGB uint8 arrays), in the order given: {"pred": (N, labels)
+    and/or "features": (N, F)} (see :func:`predict_loader`'s ``outputs``; rows of unreadable images left out), which
+    of the N were readable, and the unreadable ones (path, or "array <position>", and the reason). An image the
+    dataset cannot decode or transform (a broken file, one too small to crop) is an error naming it, or with
+    ``on_bad_image="skip"`` left out and listed. ``bar``: a progress bar to advance by each batch's images.
 
-    The prediction tool and the Python API (gzoo.load(...).predict / .embed) both build their tables here.
+    Survey-scale prediction (gzoo.survey: the prediction and embedding tools, the Python API) runs each part here.
     """
     if on_bad_image not in BAD_IMAGE_MODES:
         raise GzooError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_MODES)}, got {on_bad_image!r}.")
-    paths = list(paths)
-    names = [f"array {j}" if isinstance(p, np.ndarray) else p for j, p in enumerate(paths)]  # what the messages call them
+    images = list(images)
+    names = [f"array {j}" if isinstance(p, np.ndarray) else p for j, p in enumerate(images)]  # what the messages call them
     # Every failure of one image (its decoding, its transform) comes back from the dataset as that image's "error".
-    loader = make_loader(image_dataset(net, paths, range(len(paths)), tta, fits=fits), batch_size, num_workers)
-    values: list[np.ndarray] | np.ndarray
-    good: list[bool] | np.ndarray
-    values, good, skipped = [], [], []
-    for batch in predict_loader(net, loader, tta, precision, progress, features=features):
+    loader = make_loader(image_dataset(net, images, range(len(images)), tta, fits=fits), batch_size, num_workers, persistent_workers=False)
+    values: dict[str, list[np.ndarray]] = {}
+    good: list[bool] = []
+    skipped: list[tuple[Path | str, str]] = []
+    for batch in predict_loader(net, loader, tta, precision, outputs=outputs):
         for j, error in zip(batch["id"].tolist(), batch["error"]):
             if error and on_bad_image == "error":
                 raise GzooError(f"image {names[j]} cannot be read ({error}); replace or remove it, or pass on_bad_image=skip to leave it out.")
             skipped += [(names[j], error)] if error else []
             good.append(not error)
-        values.append(batch["pred"])
-    width = net.body.num_features if features else len(net.labels)
-    values = np.concatenate(values) if values else np.empty((0, width))
-    good = np.asarray(good, dtype=bool)
-    columns = [f"feature_{k}" for k in range(width)] if features else list(net.labels)
-    table = pd.DataFrame(values[good], columns=columns)
-    table.insert(0, id_name or id_column_name(ids), pd.Series([i for i, g in zip(ids, good) if g], dtype=object).infer_objects())
-    return table, skipped
+        for key in ("pred", "features"):
+            if key in batch:
+                values.setdefault(key, []).append(batch[key])
+        if bar is not None:
+            bar.update(len(batch["error"]))
+    kept = np.asarray(good, dtype=bool)
+    widths = {"pred": len(net.labels), "features": net.body.num_features}
+    keys = [k for k, o in (("pred", "embeddings"), ("features", "predictions")) if outputs != o]
+    return {k: (np.concatenate(values[k]) if values.get(k) else np.empty((0, widths[k])))[kept] for k in keys}, kept, skipped
 
 
 # ----------------------------------------------------------------------------- files
@@ -184,26 +196,38 @@ def broken_link(path: Path) -> GzooError:
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[GalaxyId]]:
-    """The folder's image files (gzoo.images.IMAGE_SUFFIXES, any letter case) and their ids, sorted by id.
+    """The image files (gzoo.images.IMAGE_SUFFIXES, any letter case) in ``folder`` and its subfolders, and their ids, sorted by id.
 
     An id is the file name without its extension (see gzoo.images.image_id); when they are not all
-    integers every id is the name as text. Two files of one id and broken symbolic links are errors
-    naming them; other files are left out, and said.
+    integers every id is the name as text. Two files of one id (in one folder or in two) and broken
+    symbolic links are errors naming them; other files are left out, and said.
     """
     if not folder.is_dir():
         raise GzooError(f"image folder {folder} not found; images= must be a folder of image files named <id>.<ext> ({' '.join(IMAGE_SUFFIXES)}).")
-    found = index_images(folder)
-    if found.broken:
-        raise broken_link(found.broken[0])
-    if not found.by_id:
+    by_id: dict[GalaxyId, Path] = {}
+    others: list[Path] = []
+    for here, subfolders, _ in os.walk(folder, followlinks=True):
+        subfolders.sort()
+        found = index_images(here)
+        if found.broken:
+            raise broken_link(found.broken[0])
+        for gid, path in found.by_id.items():
+            if gid in by_id:
+                raise GzooError(
+                    f"{by_id[gid]} and {path} are both galaxy {gid!r} (an id is the file name without its extension); rename or remove one of them."
+                )
+            by_id[gid] = path
+        others += [p for p in found.others if not p.is_dir()]
+    if not by_id:
         raise GzooError(
-            f"{folder} holds no image files; images= must be a folder of image files named <id>.<ext> ({' '.join(IMAGE_SUFFIXES)}, any letter case)."
+            f"{folder} holds no image files; images= must be a folder of image files named <id>.<ext> ({' '.join(IMAGE_SUFFIXES)}, any letter case), "
+            "or a catalogue (.csv, .parquet)."
         )
-    if found.others:
-        shown = ", ".join(p.name for p in found.others[:5]) + (" ..." if len(found.others) > 5 else "")
-        say(f"left out what is not an image file ({' '.join(IMAGE_SUFFIXES)}) in {folder}: {shown} ({len(found.others)} in all)")
-    ids = sorted(found.by_id, key=id_sort_key)
-    paths = [found.by_id[i] for i in ids]
+    if others:
+        shown = ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else "")
+        say(f"left out what is not an image file ({' '.join(IMAGE_SUFFIXES)}) in {folder}: {shown} ({len(others)} in all)")
+    ids = sorted(by_id, key=id_sort_key)
+    paths = [by_id[i] for i in ids]
     return paths, ids if all(isinstance(i, int) for i in ids) else [str(i) for i in ids]
 
 
