@@ -33,8 +33,10 @@ def test_the_dry_run_makes_every_figure_and_both_phases_checkpoints(tmp_path, ca
         ckpts = tmp_path / "runs/gpu_check/tiny" / phase / "checkpoints"
         assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
         assert report["training_run"][phase]["steps"] >= 1
+    survey = report["training_run"]["survey"]  # the sharded prediction path, with the fulltune checkpoint
+    assert survey["rows"] == 16 and survey["parts"] == 4 and survey["shards"] == 2 and 0 < survey["x_alone"]
     table = capsys.readouterr().out
-    assert "cache (x, wait)" in table and "training run, fulltune" in table
+    assert "cache (x, wait)" in table and "training run, fulltune" in table and "sharded prediction (gzoo.survey" in table
 
 
 def test_asking_for_the_gpu_without_one_is_one_sentence(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ file's row groups or blocks. Memory is set by the chunk size, not by the number 
 
 Before any chunk is read, one pass over the id and file columns (:meth:`CatalogChunks.scan`) checks
 the whole catalogue: no empty id or file, no id twice, no file named twice (compared as absolute,
-normalised paths; links to one file inside a chunk are found when the chunk is read), and it fixes
+normalised paths, without touching the files: two links to one file are two names, each predicted), and it fixes
 each carried column's type (the narrowest of integer, number, text that every row accepts), counts
 the rows and makes a digest of the ids and files, so a rerun can tell it is given the same catalogue.
 The pass keeps 16 bytes per row (two 64-bit hashes), about 16 MB per million rows.

@@ -18,7 +18,10 @@ body, it measures on synthetic galaxies (gzoo.synth, 424 px as Kaggle's):
 
 then one short real training run, both phases through gzoo.train.train (b0 from scratch on the same
 galaxies, trainer=gpu speed=gpu, about ``train_steps`` steps in all), which must write its
-checkpoints. Every figure runs gzoo's own code (gzoo.tools.bench's Runner, loaders and timing).
+checkpoints, and the survey path with its checkpoint: the galaxies as a catalogue, predicted by
+gzoo.survey.run in two shards (shard=0/2, 1/2) into a folder of four parts, whose union must be every
+galaxy once, with its rate end to end as a fraction of the network alone on batches already on the
+device. Every figure runs gzoo's own code (gzoo.tools.bench's Runner, loaders and timing).
 
 Without a GPU (or with dry_run=true) it is a dry run of every step on the CPU at tiny sizes (timm's
 test_efficientnet at 32 px, a few galaxies, two steps per figure, 32-true, compile with the eager
@@ -182,6 +185,46 @@ def training_run(p: Plan, o: GpuCheckOptions, data: Path) -> dict:
     return out
 
 
+def sharded_prediction(p: Plan, o: GpuCheckOptions, paths: list[Path], ckpt: Path) -> dict:
+    """gzoo.survey over the galaxies as a catalogue, in two shards of four parts: parts written, and the rate
+    end to end as a fraction of the network alone (forward passes of one batch already on the device)."""
+    import shutil
+
+    import pandas as pd
+
+    from gzoo.module import load_net
+    from gzoo.survey import PART, SurveyOptions, run
+
+    catalog, out = o.out / "survey_catalog.parquet", o.out / "survey_parts"
+    pd.DataFrame({"id_str": [q.stem for q in paths], "file_loc": [str(q) for q in paths]}).to_parquet(catalog, index=False)
+    shutil.rmtree(out, ignore_errors=True)
+    common = {"part_size": math.ceil(len(paths) / 4), "batch_size": p.batch_size, "num_workers": p.workers, "precision": p.precision}
+    start = time.perf_counter()
+    for i in range(2):
+        run(SurveyOptions(ckpt=ckpt, images=catalog, out=f"{out}/", shard=f"{i}/2", device=p.device.type, progress=False, **common))
+    seconds = time.perf_counter() - start
+    table = pd.read_parquet(out)
+    if sorted(map(str, table["id_str"])) != sorted(q.stem for q in paths):  # all-digit ids are read as integers
+        raise GzooError(f"gpu check: the shards' parts in {out} do not hold every galaxy once.")
+    net = load_net(ckpt, p.device.type).set_speed(channels_last=True)
+    x = torch.randint(0, 256, (p.batch_size, 3, net.image_size, net.image_size), dtype=torch.uint8, device=p.device)
+    from gzoo.device import autocast
+
+    with torch.no_grad(), autocast(p.device, p.precision):
+        net(x)
+        if p.device.type == "cuda":
+            torch.cuda.synchronize(p.device)
+        begin = time.perf_counter()
+        for _ in range(p.steps):
+            net(x)
+        if p.device.type == "cuda":
+            torch.cuda.synchronize(p.device)
+    alone = p.steps * p.batch_size / (time.perf_counter() - begin)
+    rate = len(table) / seconds
+    parts = sum(1 for q in out.iterdir() if PART.fullmatch(q.name))
+    return {"rows": len(table), "parts": parts, "shards": 2, "img_s": rate, "alone_img_s": alone, "x_alone": rate / alone, "seconds": seconds}
+
+
 def table(rows: list[dict], run: dict) -> str:
     head = f"{'model':<34}{'compile':>8}{'alone':>9}" + "".join(f"{k + ' (x, wait)':>24}" for k in PATHS) + f"{'predict':>9}{'tta8':>8}{'peak GB':>9}{'s':>6}"
     lines = [head, "-" * len(head)]
@@ -196,6 +239,12 @@ def table(rows: list[dict], run: dict) -> str:
     for phase in ("finetune", "fulltune"):
         f = run[phase]
         lines.append(f"training run, {phase}: {f['steps']} steps, {f['epochs']} epochs, val/rmse {f['val_rmse']:.4f}, checkpoints in {f['checkpoints']}")
+    if "survey" in run:
+        v = run["survey"]
+        lines.append(
+            f"sharded prediction (gzoo.survey, fulltune checkpoint): {v['rows']} galaxies in {v['parts']} parts over {v['shards']} shards, "
+            f"{v['img_s']:.0f} img/s end to end = {v['x_alone']:.2f}x the network alone ({v['alone_img_s']:.0f} img/s; includes each shard's start)"
+        )
     return "\n".join(lines)
 
 
@@ -213,6 +262,7 @@ def gpu_check(o: GpuCheckOptions) -> dict:
         cache = open_cache(paths, o.out / "crop_cache", p.workers, progress=False)
         rows = [measure(p, label, name, size, c, paths, cache) for label, name, size in p.models for c in o.compile]
         run = training_run(p, o, data)
+        run["survey"] = sharded_prediction(p, o, paths, Path(run["fulltune"]["checkpoints"]) / "best.ckpt")
     finally:
         torch.set_num_threads(threads)
     report = {
