@@ -198,10 +198,11 @@ def sharded_prediction(p: Plan, o: GpuCheckOptions, paths: list[Path], ckpt: Pat
     catalog, out = o.out / "survey_catalog.parquet", o.out / "survey_parts"
     pd.DataFrame({"id_str": [q.stem for q in paths], "file_loc": [str(q) for q in paths]}).to_parquet(catalog, index=False)
     shutil.rmtree(out, ignore_errors=True)
-    common = {"part_size": math.ceil(len(paths) / 4), "batch_size": p.batch_size, "num_workers": p.workers, "precision": p.precision}
     start = time.perf_counter()
     for i in range(2):
-        run(SurveyOptions(ckpt=ckpt, images=catalog, out=f"{out}/", shard=f"{i}/2", device=p.device.type, progress=False, **common))
+        shard = SurveyOptions(ckpt=ckpt, images=catalog, out=f"{out}/", shard=f"{i}/2", device=p.device.type, progress=False, precision=p.precision)
+        shard.part_size, shard.batch_size, shard.num_workers = math.ceil(len(paths) / 4), p.batch_size, p.workers
+        run(shard)
     seconds = time.perf_counter() - start
     table = pd.read_parquet(out)
     if sorted(map(str, table["id_str"])) != sorted(q.stem for q in paths):  # all-digit ids are read as integers
