@@ -99,7 +99,11 @@ class SurveyOptions:
     tta: int = option(1, "views averaged per galaxy: 8 = right-angle rotations x mirror; N = N evenly spaced angles", low=1)
     batch_size: int = option(32, "galaxies per batch", low=1)
     num_workers: int = option(2, "DataLoader worker processes decoding images", low=0)
-    part_size: int = option(10000, "galaxies per part file: the unit of resume and of shards; memory grows with it", low=1)
+    part_size: int = option(
+        10000,
+        "galaxies per part file: the unit of resume and of shards; memory grows with it, and each part starts its loader workers afresh, so keep it in the thousands",
+        low=1,
+    )
     shard: str = option(
         "auto",
         "i/n: this job's share of the parts (k % n == i); auto: SLURM's array task id/count when set, else 0/1",
@@ -442,7 +446,7 @@ def run(o: SurveyOptions, what: str = "predictions") -> Path:
     mine = [k for k in range(parts.count) if k % workers == worker]
     share = f" (shard {shard}/{shards}" + (f", rank {rank}/{world}" if world > 1 else "") + ")" if workers > 1 else ""
     say(
-        f"{source.rows} galaxies from {o.images} in {parts.count} parts of {o.part_size}{share}: {net.timm_name} at {net.image_size} px on {device}, tta={o.tta} -> {shown}"
+        f"{source.rows} galaxies from {o.images} in {parts.count} parts of {o.part_size}{share}: {net.timm_name} at {net.image_size} px on {next(net.parameters()).device}, tta={o.tta} -> {shown}"
     )
     with output_lock(folder / f"share-{worker}-of-{workers}", "out", overwrite=True):  # one run per share: a second is refused, naming the first
         parts.start(o.overwrite, shown)
