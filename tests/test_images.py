@@ -71,40 +71,51 @@ def galaxy_band(n: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def test_fits_one_band_is_stretched_as_astropy_visualization_does_and_shown_north_up(tmp_path):
+    """fits.method=percentile (gzoo's earlier stretch, kept): astropy's percentile interval and asinh stretch, one
+    band as grey, north up; a blank pixel takes the band's sky level (gzoo.fits' rule)."""
     from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval
+
+    from gzoo.fits import FitsOptions, sky_level
 
     band = galaxy_band()
     band[0, 5] = 1e6  # the first FITS row is the bottom of the picture
     band[10, 10] = np.nan  # a blank pixel
     fits.PrimaryHDU(band).writeto(tmp_path / "NGC1300.fits")
-    image = load_image(tmp_path / "NGC1300.fits")
+    options = FitsOptions(method="percentile", background="none", size=64)  # 64 px: the frame's own pixels, unresampled
+    image = load_image(tmp_path / "NGC1300.fits", options)
     assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
     assert (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all()
-    assert image[-1, 5, 0] == 255 and image[-11, 10, 0] == 0
+    assert image[-1, 5, 0] == 255
+    filled = band.copy()
+    filled[10, 10] = sky_level(band, options.clip_sigma)
     s = FitsStretch()
-    lo, hi = AsymmetricPercentileInterval(s.low_percentile, s.high_percentile).get_limits(band[np.isfinite(band)])
-    expected = np.round(AsinhStretch(s.softening)(np.clip((band - lo) / (hi - lo), 0, 1)) * 255)
-    expected[10, 10] = 0
+    lo, hi = AsymmetricPercentileInterval(s.low_percentile, s.high_percentile).get_limits(filled)
+    expected = np.round(AsinhStretch(s.softening)(np.clip((filled - lo) / (hi - lo), 0, 1)) * 255)
     np.testing.assert_array_equal(image[::-1, :, 0], expected.astype(np.uint8))
     # A gentler softening shows less of the faint light: the stretch's parameter reaches the pixels.
-    assert load_image(tmp_path / "NGC1300.fits", FitsStretch(softening=1.0)).mean() < image.mean() - 5
+    assert load_image(tmp_path / "NGC1300.fits", FitsStretch(softening=1.0)).mean() < load_image(tmp_path / "NGC1300.fits", FitsStretch()).mean() - 5
 
 
 def test_fits_three_bands_compressed_and_uncompressed(tmp_path):
+    """A g, r, i cube: i, r, g become red, green, blue (as SDSS mapped them); .fits and .fits.gz read alike."""
+    from gzoo.fits import FitsOptions
+
     cube = np.stack([galaxy_band(seed=0), 2 * galaxy_band(seed=1), 0.5 * galaxy_band(seed=2)])
     fits.PrimaryHDU(cube).writeto(tmp_path / "a.fits")
     fits.PrimaryHDU(cube).writeto(tmp_path / "b.FITS.GZ")
-    a, b = load_image(tmp_path / "a.fits"), load_image(tmp_path / "b.FITS.GZ")
+    options = FitsOptions(method="percentile", background="none", size=64)
+    a, b = load_image(tmp_path / "a.fits", options), load_image(tmp_path / "b.FITS.GZ", options)
     assert a.shape == (64, 64, 3) and (a[..., 0] != a[..., 1]).any()
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a[..., 1], load_image_of_band(tmp_path, cube[1]))  # each band stretched on its own
+    np.testing.assert_array_equal(a[..., 0], load_image_of_band(tmp_path, cube[2], options))  # i is red: each band stretched on its own
+    np.testing.assert_array_equal(a[..., 2], load_image_of_band(tmp_path, cube[0], options))  # g is blue
     fits.PrimaryHDU(np.zeros((4, 8, 8), np.float32)).writeto(tmp_path / "c.fits")
-    assert "shape (4, 8, 8)" in check_image(tmp_path / "c.fits")
+    assert "holds 4 bands but fits.bands names 3" in check_image(tmp_path / "c.fits")
 
 
-def load_image_of_band(folder: Path, band: np.ndarray) -> np.ndarray:
+def load_image_of_band(folder: Path, band: np.ndarray, options) -> np.ndarray:
     fits.PrimaryHDU(band).writeto(folder / "band.fits", overwrite=True)
-    return load_image(folder / "band.fits")[..., 0]
+    return load_image(folder / "band.fits", options)[..., 0]
 
 
 def test_fits_without_astropy_is_one_sentence_saying_how_to_install(tmp_path, monkeypatch):

@@ -155,9 +155,9 @@ def test_command_line(ckpt, images, tmp_path, capsys):
         (["ckpt=x", "images=y", "out=z.csv", "tta=0"], "tta=0 must be >= 1"),
         (["ckpt=x", "images=y", "out=z.csv", "on_bad_image=ignore"], "on_bad_image=ignore is not one of error, skip"),
         (["ckpt=x", "images=y"], "out=... is required"),
-        (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "holds no image files"),
+        (["ckpt=missing.ckpt", "images=.", "out=z.csv"], "checkpoint missing.ckpt not found"),  # read first: it says how FITS are made
         (["ckpt=x", "images=.", "out=z.json"], "out=z.json must be FILE.csv or FILE.parquet (one table) or FOLDER/"),
-        (["ckpt=x", "images=y", "out=z.csv", "fits.softening=0"], "fits.softening=0.0 must be >= 1e-06"),
+        (["ckpt=x", "images=y", "out=z.csv", "fits.softening=0"], "fits.softening=0.0 must be > 0"),
     ],
 )
 def test_command_line_mistakes_are_one_sentence(args, message, tmp_path, monkeypatch, capsys):

@@ -234,6 +234,9 @@ def test_a_folder_is_read_with_its_subfolders(ckpt, tmp_path):
     (sub / "g1.png").rename(sub / "g9.png")
     table = gzoo.load(ckpt, device="cpu").predict(tmp_path / "a", num_workers=0, progress=False)
     assert table["id_str"].tolist() == ["5", "100", "g1", "g2", "g9"]  # found in the subfolder too, sorted by id
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GzooError, match=r"empty holds no image files; images= must be a folder of image files"):
+        survey.run(options(ckpt, tmp_path / "empty", tmp_path / "t.csv"))
     (sub / "g9.png").rename(sub / "g1.png")
     with pytest.raises(GzooError, match=r"a/g1.png and .*deeper/g1.png are both galaxy 'g1'"):
         gzoo.load(ckpt, device="cpu").predict(tmp_path / "a", num_workers=0, progress=False)
@@ -292,3 +295,25 @@ def test_two_processes_through_lightning_ddp_make_the_same_table(whole, catalog,
     assert done.returncode == 0, done.stderr
     assert "shard 0/1, rank 0/2" in done.stdout
     pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+
+
+def test_a_catalogue_of_per_band_fits_frames_is_predicted_as_the_api_predicts_it(ckpt, tmp_path):
+    pytest.importorskip("astropy")
+    from gzoo.synth.survey import BLUE, RED, galaxy_frames, write_cutout
+
+    rows = []
+    for k, galaxy in enumerate([BLUE, RED, BLUE, RED]):
+        g, r, i = write_cutout(tmp_path / "frames", f"gal{k}", galaxy_frames(galaxy, side=48, seed=k))
+        rows.append({"id_str": f"S{k}", "file_g": g.name, "file_r": r.name, "file_i": i.name, "petroR90_r": 8.0 + k, "ra": 10.0 + k})
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp_path / "frames" / "catalog.csv", index=False)  # no file_loc: the per-band columns are the images
+    survey.run(options(ckpt, tmp_path / "frames" / "catalog.csv", f"{tmp_path / 'out'}/", carry=["ra"], part_size=3))
+    got = pd.read_parquet(tmp_path / "out")
+    assert got["id_str"].tolist() == ["S0", "S1", "S2", "S3"] and got["ra"].tolist() == [10.0, 11.0, 12.0, 13.0]
+    frame = table.assign(**{c: [str(tmp_path / "frames" / f) for f in table[c]] for c in ("file_g", "file_r", "file_i")})
+    api = gzoo.load(ckpt, device="cpu").predict(frame, carry=["ra"], num_workers=0, progress=False)
+    pd.testing.assert_frame_equal(api, got)  # the same items, composites and numbers
+    assert np.abs(got[schema.COLUMNS].to_numpy()[0] - got[schema.COLUMNS].to_numpy()[1]).max() > 1e-6  # a blue and a red galaxy differ
+    table.drop(columns="file_r").to_csv(tmp_path / "frames" / "some.csv", index=False)
+    with pytest.raises(GzooError, match=r"no column 'file_loc'"):  # without every band's column, the file column is needed
+        survey.run(options(ckpt, tmp_path / "frames" / "some.csv", f"{tmp_path / 'x'}/"))

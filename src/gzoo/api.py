@@ -28,7 +28,7 @@ import pandas as pd
 
 from gzoo.config import check_values
 from gzoo.errors import GzooError
-from gzoo.images import FitsStretch
+from gzoo.fits import FitsOptions, options_of_checkpoint, resolve_options
 from gzoo.log import say
 from gzoo.module import load_net
 from gzoo.net import GalaxyNet
@@ -38,8 +38,9 @@ from gzoo.survey import EmbedOptions, open_source, run, table_of
 class Model:
     """A trained network ready to predict (see :func:`load`); ``net`` is the plain GalaxyNet."""
 
-    def __init__(self, net: GalaxyNet, checkpoint: str | Path | None = None):
+    def __init__(self, net: GalaxyNet, checkpoint: str | Path | None = None, fits: FitsOptions | None = None):
         self.net, self.checkpoint = net, checkpoint
+        self.fits = fits or FitsOptions()  # how the checkpoint's training made FITS cutouts into images (gzoo.fits)
 
     @property
     def device(self):
@@ -61,7 +62,7 @@ class Model:
         integer when it is all digits: the column is then GalaxyID, else id_str). ``options`` are gzoo.predict's
         (gzoo.survey.SurveyOptions): ``tta`` (views averaged per galaxy; 8 = right-angle rotations x mirror),
         ``batch_size``, ``num_workers``, ``precision``, ``on_bad_image="skip"`` (leave unreadable images out and
-        say which), ``fits`` (a FitsStretch or its fields as a dict), ``file_column``/``id_column``, ``carry``
+        say which), ``fits`` (gzoo.fits.FitsOptions or its fields as a dict: the checkpoint's own, but for what is given), ``file_column``/``id_column``, ``carry``
         (columns of a catalogue or DataFrame to copy), ``outputs="both"`` (the embedding too), ``progress``.
         ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
         a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".
@@ -81,8 +82,7 @@ class Model:
         unknown = sorted(set(options) - {f.name for f in dataclasses.fields(EmbedOptions)} - {"ckpt", "images", "out"})
         if unknown:
             raise GzooError(f"unknown option {unknown[0]!r}; the options are those of python -m gzoo.{'predict' if what == 'predictions' else 'embed'} --help.")
-        if isinstance(options.get("fits"), dict):
-            options["fits"] = FitsStretch(**options["fits"])
+        options["fits"] = resolve_options(self.fits, options.get("fits"))  # the checkpoint's, but for what was given
         options.setdefault("outputs", what)
         o = EmbedOptions(ckpt=Path(str(self.checkpoint)), images=source, out=str(out) if out is not None else "", **options)
         check_values(o, EmbedOptions)
@@ -92,7 +92,7 @@ class Model:
                     "out= writes parts as python -m gzoo.predict does: give a folder or catalogue file as the source, of a model from gzoo.load(checkpoint)."
                 )
             return run(o, what)
-        table, skipped = table_of(self.net, open_source(source, o.file_column, o.id_column, o.carry, root, o.progress), o)
+        table, skipped = table_of(self.net, open_source(source, o.file_column, o.id_column, o.carry, root, o.progress, o.fits), o)
         if skipped:
             shown = ", ".join(str(p) for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             say(f"left out {len(skipped)} unreadable images (on_bad_image=skip): {shown}")
@@ -102,4 +102,4 @@ class Model:
 def load(checkpoint: str | Path, device: str = "auto") -> Model:
     """The trained network of a checkpoint written by gzoo.train, on ``device`` (auto = the GPU if there is one,
     cpu, cuda, cuda:1 ...), ready to :meth:`~Model.predict` and :meth:`~Model.embed`; never downloads."""
-    return Model(load_net(checkpoint, device).set_speed(channels_last=True), checkpoint)
+    return Model(load_net(checkpoint, device).set_speed(channels_last=True), checkpoint, options_of_checkpoint(checkpoint))

@@ -17,6 +17,7 @@ the size and crop), so a change of any of them builds a new one; features are st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -31,6 +32,7 @@ from gzoo.data import EpochSampler, GalaxyZooDataModule, labels_and_mask, make_l
 from gzoo.data.datamodule import next_epoch
 from gzoo.device import PRECISIONS, autocast
 from gzoo.errors import GzooError
+from gzoo.fits import FitsCutout, is_fits
 from gzoo.inference import dihedral_views
 from gzoo.io import atomic_torch_save, remove_stale_temporaries
 from gzoo.log import say
@@ -45,6 +47,8 @@ def cache_key(net: GalaxyNet, dm: GalaxyZooDataModule, views: int) -> str:
     """A hash of what the features depend on: the body's weights, the view, the views and every image file."""
     h = hashlib.sha256()
     h.update(json.dumps([net.timm_name, net.image_size, net.crop_fraction, net.mean, net.std, views]).encode())
+    if any(isinstance(p, FitsCutout) or is_fits(p) for p in dm.paths.values()):  # how FITS cutouts are made (data.fits)
+        h.update(json.dumps(dataclasses.asdict(dm.fits), sort_keys=True).encode())
     for name, tensor in net.body.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())

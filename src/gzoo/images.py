@@ -3,8 +3,10 @@
 gzoo reads ``.jpg .jpeg .png .tif .tiff .fits .fits.gz`` in any letter case (:data:`IMAGE_SUFFIXES`).
 :func:`load_image` gives an RGB uint8 array (H, W, 3) for any of them: JPEGs through simplejpeg,
 PNG and TIFF through PIL (greyscale becomes three equal channels, RGBA loses its alpha, 16-bit
-images are scaled to 8 bit by the range of their type, never clipped), FITS cutouts through
-astropy with the stretch of :class:`FitsStretch`. :func:`image_id` is the galaxy id a file name
+images are scaled to 8 bit by the range of their type, never clipped; one using only its lowest
+12 bits is said, as it comes out nearly black), FITS cutouts (a file, or a :class:`gzoo.fits.FitsCutout`
+of one file per band) through gzoo.fits, as GZ2-like colour composites (:class:`gzoo.fits.FitsOptions`;
+the earlier per-band :class:`FitsStretch` is one of its methods). :func:`image_id` is the galaxy id a file name
 gives; :func:`index_images` lists a folder's images by id (two files of one galaxy are an error
 naming both); :func:`check_image` is the quick scan the data module runs before training.
 Both refuse an image with a side under :data:`MIN_SIDE` pixels (:func:`size_problem`).
@@ -13,8 +15,8 @@ Both refuse an image with a side under :data:`MIN_SIDE` pixels (:func:`size_prob
 from __future__ import annotations
 
 import io
+import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,12 +24,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from gzoo.config import option
 from gzoo.errors import GzooError
+from gzoo.fits import FITS_SUFFIXES, FitsCutout, FitsOptions, FitsStretch, load_fits, need_fits_reader, read_fits  # noqa: F401  (FITS_SUFFIXES, FitsStretch, need_fits_reader, read_fits: imported from here too)
+from gzoo.log import warn
 
 #: The file names gzoo reads as images (compared in lower case: ``.JPG`` and ``.Fits.GZ`` count).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".fits", ".fits.gz")
-FITS_SUFFIXES = (".fits", ".fits.gz")
+#: An image item: a file, or one galaxy's FITS files (gzoo.fits.FitsCutout).
+ImageItem = str | Path | FitsCutout
 _LONGEST_FIRST = sorted(IMAGE_SUFFIXES, key=len, reverse=True)  # .fits.gz before any shorter ending
 
 GalaxyId = int | str
@@ -43,19 +47,20 @@ MIN_SIDE = 8
 # ----------------------------------------------------------------------------- names
 
 
-def image_suffix(path: str | Path) -> str | None:
-    """The file's image suffix in lower case (``.fits.gz`` counts as one), or None if gzoo does not read it."""
-    name = Path(path).name.lower()
+def image_suffix(path: str | Path | FitsCutout) -> str | None:
+    """The file's image suffix in lower case (``.fits.gz`` counts as one), or None if gzoo does not read it
+    (a FitsCutout: its first file's)."""
+    name = (path.files[0] if isinstance(path, FitsCutout) else Path(path)).name.lower()
     return next((s for s in _LONGEST_FIRST if name.endswith(s) and len(name) > len(s)), None)
 
 
-def image_id(path: str | Path) -> GalaxyId:
+def image_id(path: str | Path | FitsCutout) -> GalaxyId:
     """The galaxy id a file name gives: the name without its image suffix, an int when it is all digits.
 
     ``100150.jpg`` -> 100150 (so Kaggle submissions keep integer GalaxyIDs; ``0100150.jpg`` is the same
     galaxy), ``J123456.78+012345.6.png`` -> ``"J123456.78+012345.6"``, ``NGC1300.fits.gz`` -> ``"NGC1300"``.
     """
-    name = Path(path).name
+    name = path.files[0].name if isinstance(path, FitsCutout) else Path(path).name  # a FitsCutout: its first file's
     suffix = image_suffix(name)
     stem = name[: len(name) - len(suffix)] if suffix else Path(name).stem
     return int(stem) if stem.isascii() and stem.isdigit() else stem
@@ -98,90 +103,40 @@ def index_images(folder: str | Path) -> ImageFolder:
     return ImageFolder(ids_by_file(images), broken, others)
 
 
-# ----------------------------------------------------------------------------- FITS
-
-
-@dataclass
-class FitsStretch:
-    """How a FITS cutout becomes an 8-bit image, as survey cutout services and Galaxy Zoo's own images do it.
-
-    Each band is clipped to its own [low_percentile, high_percentile] (over the finite pixels), scaled
-    to x in [0, 1], then stretched by y = arcsinh(x / softening) / arcsinh(1 / softening) (an arcsinh
-    stretch, Lupton et al. 1999: linear for faint light, logarithmic for bright cores) and rounded to
-    0..255; blank (NaN) pixels become 0. The same as astropy.visualization's
-    ``AsymmetricPercentileInterval(low, high)`` followed by ``AsinhStretch(softening)``.
-    """
-
-    low_percentile: float = option(0.5, "FITS: each band's percentile that becomes black", low=0)
-    high_percentile: float = option(99.5, "FITS: each band's percentile that becomes white (brighter pixels saturate)", low=0)
-    softening: float = option(0.1, "FITS: arcsinh softening a, y = asinh(x/a)/asinh(1/a); smaller shows fainter light", low=1e-6)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.low_percentile < self.high_percentile <= 100:
-            raise GzooError(f"fits.low_percentile={self.low_percentile} and fits.high_percentile={self.high_percentile} must satisfy 0 <= low < high <= 100.")
-        if self.softening <= 0:
-            raise GzooError(f"fits.softening={self.softening} must be > 0.")
-
-    def __call__(self, band: np.ndarray) -> np.ndarray:
-        """One band (H, W) of any number type -> uint8 (H, W)."""
-        band = band.astype(np.float64)
-        finite = np.isfinite(band)
-        if not finite.any():
-            return np.zeros(band.shape, np.uint8)
-        lo, hi = np.percentile(band[finite], [self.low_percentile, self.high_percentile])
-        x = np.clip((np.where(finite, band, lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-        y = np.arcsinh(x / self.softening) / np.arcsinh(1.0 / self.softening)
-        return np.round(y * 255).astype(np.uint8)
-
-
-def need_fits_reader(path: str | Path):
-    """astropy.io.fits, or a GzooError naming the FITS file ``path`` and saying how to install astropy."""
-    try:
-        from astropy.io import fits
-    except ImportError:
-        raise GzooError(f"{path} is a FITS file and reading FITS needs astropy; install it with pip install 'gzoo[fits]' (or pip install astropy).") from None
-    return fits
-
-
-def read_fits(path: str | Path) -> np.ndarray:
-    """The first image in a FITS file (``.fits`` or ``.fits.gz``) as float32 bands (B, H, W), B = 1 or 3."""
-    fits = need_fits_reader(path)
-    with fits.open(path, memmap=False) as hdus:
-        data = next((hdu.data for hdu in hdus if hdu.is_image and hdu.data is not None and hdu.data.size), None)
-        if data is None:
-            raise ValueError("the FITS file holds no image")
-        data = np.asarray(data, dtype=np.float32)
-    data = data.reshape([n for n in data.shape if n != 1] or [1, 1]) if data.ndim > 2 else data
-    if data.ndim == 2:
-        data = data[None]
-    elif data.ndim == 3 and data.shape[0] not in (1, 3) and data.shape[-1] == 3:
-        data = np.moveaxis(data, -1, 0)  # written from an (H, W, 3) array
-    if data.ndim != 3 or data.shape[0] not in (1, 3):
-        raise ValueError(f"its image has shape {data.shape}; gzoo reads one band (H, W) or three (3, H, W)")
-    return data
-
-
-def fits_to_rgb(bands: np.ndarray, stretch: FitsStretch) -> np.ndarray:
-    """(B, H, W) bands -> RGB uint8 (H, W, 3): each band stretched, one band as grey, three in file order as R, G, B.
-
-    Rows are flipped so that the first row of the FITS array (its bottom, as FITS displays it) is the
-    last row of the image: north up for a cutout with the usual orientation, as the survey's JPEGs show it.
-    """
-    planes = [stretch(b)[::-1] for b in bands]
-    return np.ascontiguousarray(np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1))
-
-
 # ----------------------------------------------------------------------------- decoding
 
 
-def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """A PIL image -> RGB uint8 (H, W, 3); 16-bit greyscale is scaled by its range (v >> 8, as PIL does for 16-bit colour)."""
+#: A 16-bit image whose brightest pixel is below this uses only its lowest 12 bits (a 12-bit camera's data).
+TWELVE_BITS = 4096
+_few_bits = 0  # such images decoded in this process
+
+
+def note_few_bits(name: str, top: int) -> None:
+    """Say (the 1st to 3rd time, then the 10th, 100th ...) that a 16-bit image holds 12-bit data and comes out nearly black."""
+    global _few_bits
+    _few_bits += 1
+    n = _few_bits
+    if n <= 3 or math.log10(n).is_integer():
+        warn(
+            f"{name} is a 16-bit image whose brightest pixel is {top} of 65535 (12-bit data?): scaled by the 16-bit range it is nearly black "
+            f"(at most {top >> 8} of 255); rescale it to the full 16 bits or save it as FITS ({n} such image{'s' if n > 1 else ''} so far in this process)"
+        )
+
+
+def _pil_to_rgb(im: Image.Image, name: str = "an image") -> np.ndarray:
+    """A PIL image -> RGB uint8 (H, W, 3); 16-bit greyscale is scaled by its range (v >> 8, as PIL does for 16-bit colour).
+    One whose values stay below 4096 (12-bit data) is said (:func:`note_few_bits`): it comes out nearly black."""
     if im.mode.startswith("I;16"):
-        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        a16 = np.asarray(im).astype(np.uint16)
+        if a16.size and int(a16.max()) < TWELVE_BITS:
+            note_few_bits(name, int(a16.max()))
+        grey = (a16 >> 8).astype(np.uint8)
     elif im.mode == "I":  # 32-bit integers: what PIL gives for some 16-bit files
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ValueError(f"32-bit integer pixels up to {a.max()} (gzoo reads 8- and 16-bit images; save it as 16-bit or FITS)")
+        if a.size and int(a.max()) < TWELVE_BITS:
+            note_few_bits(name, int(a.max()))
         grey = (a >> 8).astype(np.uint8)
     elif im.mode == "F":  # 32-bit float: read when it holds fractions in [0, 1]
         a = np.asarray(im)
@@ -200,13 +155,14 @@ def size_problem(width: int, height: int) -> str | None:
     return None
 
 
-def load_image(path: str | Path, fits: FitsStretch | None = None) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array (H, W, 3).
+def load_image(path: ImageItem, fits: FitsOptions | FitsStretch | None = None) -> np.ndarray:
+    """Decode an image file (or a :class:`gzoo.fits.FitsCutout`) to an RGB uint8 array (H, W, 3).
 
     JPEGs (by content, whatever the name) go through simplejpeg (libjpeg-turbo, the same pixels as
     PIL, about 3x faster); anything it cannot read (PNG, TIFF, CMYK JPEG) through PIL; ``.fits`` and
-    ``.fits.gz`` through astropy, stretched by ``fits`` (default :class:`FitsStretch`). An image with a
-    side under :data:`MIN_SIDE` px is a ValueError saying so, as an undecodable file is.
+    ``.fits.gz`` files and FitsCutouts through gzoo.fits.load_fits, made by ``fits`` (a FitsOptions, default the
+    GZ2 preset; a :class:`FitsStretch` asks for the earlier per-band stretch). An image with a side under
+    :data:`MIN_SIDE` px is a ValueError saying so, as an undecodable file is.
     """
     image = _decode(path, fits)
     problem = size_problem(image.shape[1], image.shape[0])
@@ -215,9 +171,9 @@ def load_image(path: str | Path, fits: FitsStretch | None = None) -> np.ndarray:
     return image
 
 
-def _decode(path: str | Path, fits: FitsStretch | None) -> np.ndarray:
-    if image_suffix(path) in FITS_SUFFIXES:
-        return fits_to_rgb(read_fits(path), fits or FitsStretch())
+def _decode(path: ImageItem, fits: FitsOptions | FitsStretch | None) -> np.ndarray:
+    if isinstance(path, FitsCutout) or image_suffix(path) in FITS_SUFFIXES:
+        return load_fits(path, fits)
     data = Path(path).read_bytes()
     if data[:2] == b"\xff\xd8":
         try:
@@ -225,18 +181,18 @@ def _decode(path: str | Path, fits: FitsStretch | None) -> np.ndarray:
         except ValueError:
             pass  # CMYK or another kind libjpeg-turbo declines: PIL reads it
     with Image.open(io.BytesIO(data)) as im:
-        return _pil_to_rgb(im)
+        return _pil_to_rgb(im, str(path))
 
 
-def check_image(path: str | Path) -> str | None:
+def check_image(path: ImageItem, fits: FitsOptions | FitsStretch | None = None) -> str | None:
     """None if the image decodes and is large enough (:func:`size_problem`); otherwise the reason it is not
-    (a quick scan: 1/8 scale for JPEGs).
+    (a quick scan: 1/8 scale for JPEGs; a FITS cutout is made with ``fits``, as training will make it).
 
     A FITS file needs astropy: without it this is a GzooError saying how to install it, not a bad image.
     """
     try:
-        if image_suffix(path) in FITS_SUFFIXES:
-            load_image(path)
+        if isinstance(path, FitsCutout) or image_suffix(path) in FITS_SUFFIXES:
+            load_image(path, fits)
         else:
             with Image.open(path) as im:
                 problem = size_problem(im.width, im.height)  # from the header, before any decode
@@ -244,7 +200,7 @@ def check_image(path: str | Path) -> str | None:
                     return problem
                 im.draft("RGB", (im.width // 8, im.height // 8))  # decode at 1/8 scale: fast, still reads every byte
                 im.load()
-                _pil_to_rgb(im)
+                _pil_to_rgb(im, str(path))
         return None
     except GzooError:
         raise

@@ -27,7 +27,8 @@ from gzoo import schema
 from gzoo.data import BAD_IMAGE_MODES, GalaxyZooDataset, make_loader
 from gzoo.device import autocast
 from gzoo.errors import GzooError
-from gzoo.images import FITS_SUFFIXES, IMAGE_SUFFIXES, FitsStretch, GalaxyId, id_sort_key, ids_by_file, image_suffix, index_images, need_fits_reader
+from gzoo.fits import FitsOptions
+from gzoo.images import FITS_SUFFIXES, IMAGE_SUFFIXES, FitsStretch, GalaxyId, ImageItem, id_sort_key, ids_by_file, image_suffix, index_images, need_fits_reader
 from gzoo.log import say
 from gzoo.net import GalaxyNet
 from gzoo.transforms import eval_transform
@@ -49,7 +50,12 @@ def dihedral_views(x: torch.Tensor, order: Sequence[int] = range(8)) -> torch.Te
 
 
 def image_dataset(
-    net: GalaxyNet, images: Sequence[Path | np.ndarray], ids: Sequence, tta: int = 1, on_bad_image: str = "skip", fits: FitsStretch | None = None
+    net: GalaxyNet,
+    images: Sequence[ImageItem | np.ndarray],
+    ids: Sequence,
+    tta: int = 1,
+    on_bad_image: str = "skip",
+    fits: FitsOptions | FitsStretch | None = None,
 ) -> GalaxyZooDataset:
     """Unlabelled images as the network sees them (its evaluation view), with the views of ``tta``."""
     if any(not isinstance(p, np.ndarray) and image_suffix(p) in FITS_SUFFIXES for p in images):
@@ -144,14 +150,14 @@ def id_column_name(ids: Sequence[GalaxyId]) -> str:
 
 def predict_arrays(
     net: GalaxyNet,
-    images: Sequence[Path | np.ndarray],
+    images: Sequence[ImageItem | np.ndarray],
     tta: int = 1,
     batch_size: int = 32,
     num_workers: int = 0,
     on_bad_image: str = "error",
     precision: str = "auto",
     outputs: str = "predictions",
-    fits: FitsStretch | None = None,
+    fits: FitsOptions | FitsStretch | None = None,
     bar: tqdm | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[Path | str, str]]]:
     """The network's outputs for image files (or decoded RGB uint8 arrays), in the order given: {"pred": (N, labels)

@@ -18,6 +18,7 @@ import torch
 from gzoo.device import resolve_device
 from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
+from gzoo.fits import options_record
 from gzoo.log import say
 from gzoo.metrics import MaskedRMSE, masked_mse
 from gzoo.net import GalaxyNet
@@ -34,7 +35,8 @@ class GalaxyZooModule(L.LightningModule):
 
     The keyword arguments are the keys of the run config's ``model`` node (``name`` is the
     variant, e.g. b0), plus ``optim`` (the ``optim`` node, see optim.py; the recipe's when None),
-    ``freeze_body`` and ``freeze_bn_stats`` (the phase's) and ``crop_fraction`` (the data's).
+    ``freeze_body`` and ``freeze_bn_stats`` (the phase's), ``crop_fraction`` and ``fits`` (the data's; gzoo.fits.FitsOptions'
+    fields, the GZ2 preset when None: the checkpoint records them, gzoo.fits.options_of_checkpoint reads them).
     ``__init__`` takes plain values only and saves them, so a checkpoint rebuilds the same
     network (:meth:`from_checkpoint`, which never downloads).
     """
@@ -59,6 +61,7 @@ class GalaxyZooModule(L.LightningModule):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         name: str | None = None,
+        fits: dict | None = None,
     ):
         super().__init__()
         if tree_after_epochs < 0:
@@ -66,6 +69,7 @@ class GalaxyZooModule(L.LightningModule):
         optim = check_optim(dict(optim or {}))
         self.save_hyperparameters(logger=False)
         self.hparams.optim = optim  # the run logs the whole resolved config instead
+        self.hparams.fits = options_record(fits)  # how FITS cutouts became images (data.fits): prediction makes them the same way
         self.net = GalaxyNet(timm_name, pretrained, weights, image_size, crop_fraction, mean, std, dropout, hidden, head, labels)
         self.hparams.mean, self.hparams.std = self.net.mean, self.net.std  # resolved: the checkpoint needs no timm lookup
         if freeze_body:
@@ -180,7 +184,8 @@ NETWORK_KEYS |= {"crop_fraction": "data.crop_fraction"}
 #: The layout of the checkpoints gzoo writes; read_checkpoint loads this one only. Format 2: Lightning's checkpoint of a
 #: GalaxyZooModule, its weights named ``net.body.*`` (the timm body) and ``net.tail.*``, its hyper_parameters the
 #: constructor's arguments (timm_name, image_size, hidden, head, labels, crop_fraction, mean, std, ...), plus
-#: "gzoo_split" (gzoo.data.split.RecordSplit), "active_head", "gzoo_format" and "gzoo_version". Change the layout, and this
+#: "gzoo_split" (gzoo.data.split.RecordSplit), "active_head", "gzoo_format" and "gzoo_version"; hyper_parameters["fits"]
+#: records how FITS cutouts became images (gzoo.fits.FitsOptions; absent before gzoo recorded it: read as the GZ2 preset). Change the layout, and this
 #: number goes up, with a rule in checkpoint_format for the formats it can still read.
 CHECKPOINT_FORMAT = 2
 

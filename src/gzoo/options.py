@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, DictConfig
+from omegaconf import II, DictConfig, OmegaConf
 
 from gzoo.config import check_values, option
 from gzoo.errors import GzooError
+from gzoo.fits import FitsOptions
 
 # ----------------------------------------------------------------------------- data
 
@@ -97,6 +98,7 @@ class DataOptions:
     id_column: str = option("id_str", "the catalogue's id column (galaxy-datasets' name); ids of digits only become integers")
     file_column: str = option("file_loc", "its image file column; relative paths are read from the catalogue's folder")
     labels: Any = option("gz2", "gz2: the 37 Kaggle answers; or your columns, e.g. [is_bar,is_merger], values in [0, 1], blank = unknown")
+    fits: FitsOptions = field(default_factory=FitsOptions)  # how FITS cutouts become images (gzoo.fits); recorded in the checkpoint
     synth: SynthOptions | None = option(None, "data=synthetic: how the set is made (null: read data.root as it is)")
 
 
@@ -235,6 +237,11 @@ def check_run_options(cfg: DictConfig) -> None:
     galaxies, and the accelerator asked for is on this machine: before anything is read or written."""
     check_values(cfg, RunOptions)
     data = cfg.data
+    if "fits" in data:
+        try:
+            FitsOptions(**OmegaConf.to_container(data.fits, resolve=True))  # type: ignore[arg-type]  # the checks across options
+        except GzooError as e:
+            raise GzooError(str(e).replace("fits.", "data.fits.")) from None
     if data.val_fraction + data.test_fraction >= 1:
         raise GzooError(
             f"data.val_fraction ({data.val_fraction}) and data.test_fraction ({data.test_fraction}) must sum to less than 1, to leave galaxies to train on."

@@ -64,7 +64,7 @@ from gzoo.data import BAD_IMAGE_MODES
 from gzoo.data.chunks import CatalogChunks, Chunk
 from gzoo.device import PRECISIONS
 from gzoo.errors import GzooError, RunInterrupted
-from gzoo.images import FitsStretch
+from gzoo.fits import FitsOptions, cutout_of_row, has_band_columns, options_of_checkpoint, resolve_options
 from gzoo.inference import OUTPUTS, id_column_name, image_source, list_images, predict_arrays
 from gzoo.io import atomic_open, output_lock, write_failure
 from gzoo.log import say, warn
@@ -124,7 +124,7 @@ class SurveyOptions:
     device: str = option("auto", "auto (the GPU if there is one), cpu, cuda, cuda:1 ...")
     precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
     progress: bool = option(True, "show a progress bar")
-    fits: FitsStretch = field(default_factory=FitsStretch)  # how FITS cutouts become 8-bit images
+    fits: FitsOptions = field(default_factory=FitsOptions)  # how FITS cutouts become images: the checkpoint's, but for the fits.* given
 
 
 @dataclass
@@ -176,16 +176,24 @@ Source = ListSource | CatalogSource
 
 
 def open_source(
-    images: Any, file_column: str = "file_loc", id_column: str = "id_str", carry: Sequence[str] = (), root: str | Path | None = None, progress: bool = True
+    images: Any,
+    file_column: str = "file_loc",
+    id_column: str = "id_str",
+    carry: Sequence[str] = (),
+    root: str | Path | None = None,
+    progress: bool = True,
+    fits: FitsOptions | None = None,
 ) -> Source:
     """What predict/embed are given, as a source of parts: a folder, a catalogue file (.csv, .parquet: read in chunks),
     or what the Python API takes besides (an image file, a list of files or of arrays, a DataFrame; see
-    gzoo.inference.image_source). ``carry``: catalogue or DataFrame columns to copy into the output."""
-    carry = list(carry)
+    gzoo.inference.image_source). ``carry``: catalogue or DataFrame columns to copy into the output. A catalogue
+    or DataFrame with ``fits``' per-band columns (file_g, file_r, file_i) gives each galaxy's FITS frames."""
+    carry, fits = list(carry), fits or FitsOptions()
     if isinstance(images, (str, os.PathLike)):
         path = Path(images).expanduser()
         if path.suffix.lower() in (".csv", ".parquet") and not path.is_dir():
-            return CatalogSource(CatalogChunks(path, file_column, id_column, carry, Path(root).expanduser() if root is not None else None).scan(progress))
+            base = Path(root).expanduser() if root is not None else None
+            return CatalogSource(CatalogChunks(path, file_column, id_column, carry, base, fits).scan(progress))
         if path.is_dir():
             if carry:
                 raise GzooError(
@@ -195,7 +203,16 @@ def open_source(
             return ListSource(paths, names, id_column_name(names))
         if not path.exists() and not path.suffix:
             raise GzooError(f"images={path} not found; give a folder of images or a catalogue (.csv, .parquet).")
-    files, ids, id_name = image_source(images, file_column, id_column, root)
+    if isinstance(images, pd.DataFrame) and has_band_columns(list(images.columns), fits):
+        if id_column not in images.columns:
+            raise GzooError(f"the DataFrame has per-band files ({', '.join(fits.band_columns())}) but no id column {id_column!r}; add one or pass id_column=.")
+        base = Path(root).expanduser() if root is not None else Path.cwd()
+        rows = images.to_dict("records")
+        files: Sequence = [cutout_of_row(row, fits, base, file_column, f"the DataFrame, row {label}") for row, label in zip(rows, images.index)]
+        ids: Sequence = [str(i).strip() for i in images[id_column]]
+        id_name = id_column
+    else:
+        files, ids, id_name = image_source(images, file_column, id_column, root)
     table = None
     if carry:
         if not isinstance(images, pd.DataFrame):
@@ -437,7 +454,8 @@ def run(o: SurveyOptions, what: str = "predictions") -> Path:
         pass  # out's folder can be made and written (a full or read-only disk is one sentence here, before any work)
     shard, shards = shard_of(o.shard)
     rank, world, device = launch(o.devices, o.num_nodes, o.device)
-    source = open_source(o.images, o.file_column, o.id_column, o.carry, progress=o.progress and rank == 0)
+    o.fits = resolve_options(options_of_checkpoint(o.ckpt), o.fits)  # the checkpoint's, but for what was given
+    source = open_source(o.images, o.file_column, o.id_column, o.carry, progress=o.progress and rank == 0, fits=o.fits)
     from gzoo.module import load_net
 
     net = load_net(o.ckpt, device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)

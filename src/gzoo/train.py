@@ -78,6 +78,7 @@ def build_module(cfg: DictConfig, pretrained: bool) -> GalaxyZooModule:
         freeze_body=cfg.phase.freeze_body,
         freeze_bn_stats=freeze_bn_stats,
         crop_fraction=cfg.data.crop_fraction,
+        fits=cast(dict, OmegaConf.to_container(cfg.data.fits, resolve=True)) if "fits" in cfg.data else None,
     )
     module.net.set_speed(**cfg.speed)
     return module

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from gzoo import schema
 from gzoo.errors import GzooError
-from gzoo.images import IMAGE_SUFFIXES, check_image, image_id, image_suffix, index_images
+from gzoo.fits import FitsCutout, FitsOptions, cutout_of_row, has_band_columns
+from gzoo.images import IMAGE_SUFFIXES, ImageItem, check_image, image_id, image_suffix, index_images
 
 MISSING_LABEL_MODES = ("error", "mask")
 BAD_IMAGE_MODES = ("error", "skip")
@@ -127,11 +128,21 @@ def read_table(path: Path, what: str = "catalogue") -> pd.DataFrame:
 
 
 def read_own_catalog(
-    path: str | Path, labels: list[str], id_column: str = "id_str", file_column: str = "file_loc", missing_labels: str = "error"
-) -> tuple[pd.DataFrame, dict[int | str, Path]]:
-    """Your own galaxies: a CSV or Parquet catalogue with an id column, a file column and label columns.
+    path: str | Path,
+    labels: list[str],
+    id_column: str = "id_str",
+    file_column: str = "file_loc",
+    missing_labels: str = "error",
+    fits: FitsOptions | None = None,
+) -> tuple[pd.DataFrame, dict[int | str, ImageItem]]:
+    """Your own galaxies: a CSV or Parquet catalogue with an id column, an image column and label columns.
 
-    Returns the labels (the ``id`` column, then ``labels``, NaN for unknown) and {id: image path}; a
+    A row's image is its ``file_column`` file, or one FITS file per band in the columns ``fits.band_column``
+    names (file_g, file_r, file_i by default; see gzoo.fits.cutout_of_row): such a row, and a row whose file is
+    FITS, becomes one :class:`gzoo.fits.FitsCutout` item, with the galaxy's size from ``fits.size_column`` when
+    the catalogue has it (so the cutout is shown at GZ2's scale).
+
+    Returns the labels (the ``id`` column, then ``labels``, NaN for unknown) and {id: image item}; a
     relative file path is read from the catalogue's folder, and every path is resolved (``Path.resolve``:
     symbolic links followed, ``..`` removed), so the paths returned are the files themselves. Two rows
     naming one file (twice the same name, an absolute and a relative name, a link, a hard link) are an
@@ -139,15 +150,18 @@ def read_own_catalog(
     catalogue of Kaggle files splits exactly as the Kaggle layout does.
     """
     path = Path(path)
+    fits = fits or FitsOptions()
     if missing_labels not in MISSING_LABEL_MODES:
         raise GzooError(f"data.missing_labels must be one of {MISSING_LABEL_MODES}, got {missing_labels!r}.")
     df = read_table(path)
     where = f"catalogue {path}"
-    absent = [c for c in (id_column, file_column, *labels) if c not in df.columns]
+    per_band = has_band_columns(list(df.columns), fits)
+    absent = [c for c in (id_column, *([] if per_band else [file_column]), *labels) if c not in df.columns]
     if absent:
         raise GzooError(
             f"{where} has no column {absent[0]!r} (its columns: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''}); "
-            "set data.id_column, data.file_column or data.labels to its names."
+            f"set data.id_column, data.file_column or data.labels to its names"
+            + (f" (or give per-band FITS files: {', '.join(fits.band_columns())}, named by data.fits.band_column)." if absent[0] == file_column else ".")
         )
     if len(df) == 0:
         raise GzooError(f"{where} has no rows.")
@@ -161,23 +175,31 @@ def read_own_catalog(
             raise GzooError(f"{where}, rows {seen[i] + 2} and {row + 2} are both galaxy {i!r}; each galaxy must appear once.")
         seen[i] = row
     values = label_values(df, labels, where, missing_labels)
-    files: dict[int | str, Path] = {}
+    files: dict[int | str, ImageItem] = {}
     rows: dict[Path | tuple[int, int], int] = {}  # the row of each file, by the file it is on disk
-    for row, (i, name) in enumerate(zip(ids, df[file_column])):
-        if not str(name).strip():
+    image_columns = [c for c in (file_column, *fits.band_columns(), fits.size_column) if c and c in df.columns]
+    for row, (i, record) in enumerate(zip(ids, df[image_columns].to_dict("records"))):
+        if not per_band and not str(record[file_column]).strip():
             raise GzooError(f"{where}, row {row + 2}: the file column {file_column} is empty.")
-        file = Path(name).expanduser()
-        files[i] = (file if file.is_absolute() else path.parent / file).resolve()  # one name per file: symbolic links, "..", relative
-        first = rows.setdefault(_file_key(files[i]), row)
-        if first != row:
-            same, also = files[ids[first]], "" if files[ids[first]] == files[i] else f" (as {files[i]}, a hard link)"
-            raise GzooError(
-                f"{where}, rows {first + 2} and {row + 2} ({ids[first]!r} and {i!r}) are both the image {same}{also}; "
-                "each galaxy needs its own file (one image under two ids could sit in training and in validation)."
-            )
+        item = cutout_of_row(record, fits, path.parent, file_column, f"{where}, row {row + 2}")
+        item = item.resolve()  # one name per file: symbolic links, "..", relative
+        files[i] = item
+        for file in item.files if isinstance(item, FitsCutout) else (item,):
+            first = rows.setdefault(_file_key(file), row)
+            if first != row:
+                same = next(f for f in _files_of(files[ids[first]]) if _file_key(f) == _file_key(file))
+                also = "" if same == file else f" (as {file}, a hard link)"
+                raise GzooError(
+                    f"{where}, rows {first + 2} and {row + 2} ({ids[first]!r} and {i!r}) are both the image {same}{also}; "
+                    "each galaxy needs its own file (one image under two ids could sit in training and in validation)."
+                )
     out = pd.DataFrame(values, columns=labels)
     out.insert(0, "id", pd.Series(ids, dtype=object))
     return out, files
+
+
+def _files_of(item: ImageItem) -> tuple[Path, ...]:
+    return item.files if isinstance(item, FitsCutout) else (Path(item),)
 
 
 def _file_key(path: Path) -> Path | tuple[int, int]:
@@ -189,17 +211,19 @@ def _file_key(path: Path) -> Path | tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def check_files(files: dict, progress: bool = True, on_bad_image: str = "error") -> tuple[dict, list[tuple[Path, str]]]:
-    """Check a catalogue's image files: each must exist and decode (see :func:`check_images` for the rules)."""
+def check_files(files: dict, progress: bool = True, on_bad_image: str = "error", fits: FitsOptions | None = None) -> tuple[dict, list[tuple[ImageItem, str]]]:
+    """Check a catalogue's image files: each must exist and decode (see :func:`check_images` for the rules); a FITS
+    cutout is made as training will make it (``fits``)."""
     if on_bad_image not in BAD_IMAGE_MODES:
         raise GzooError(f"data.on_bad_image must be one of {BAD_IMAGE_MODES}, got {on_bad_image!r}.")
-    missing = [(i, p) for i, p in files.items() if not p.is_file()]
+    missing = [(i, f) for i, p in files.items() for f in _files_of(p) if not f.is_file()]
     if missing:
         i, p = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise GzooError(f"galaxy {i!r}: its image {p} does not exist{more}; fix data.file_column's paths (relative ones are read from the catalogue's folder).")
+    check = (lambda p: check_image(p, fits)) if fits is not None else check_image
     with ThreadPoolExecutor(max_workers=4) as pool:
-        reasons = list(tqdm(pool.map(check_image, files.values()), total=len(files), desc="checking images", disable=not progress, leave=False))
+        reasons = list(tqdm(pool.map(check, files.values()), total=len(files), desc="checking images", disable=not progress, leave=False))
     bad = [(p, r) for p, r in zip(files.values(), reasons) if r is not None]
     if bad and on_bad_image == "error":
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -223,7 +247,9 @@ def _short_row(csv_path: Path, n_fields: int) -> tuple[int, int] | None:
     return None
 
 
-def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_bad_image: str = "error") -> tuple[dict[int, Path], list[tuple[Path, str]]]:
+def check_images(
+    ids: np.ndarray, images_dir: Path, progress: bool = True, on_bad_image: str = "error", fits: FitsOptions | None = None
+) -> tuple[dict[int, Path], list[tuple[Path, str]]]:
     """Check that every GalaxyID has an image that decodes; returns {id: path} and the unreadable files.
 
     A galaxy's image is the file of ``images_dir`` whose name without its extension is the GalaxyID
@@ -251,8 +277,9 @@ def check_images(ids: np.ndarray, images_dir: Path, progress: bool = True, on_ba
             f"{len(missing)} galaxies have no image in {images_dir}: GalaxyID {shown} (an image is <GalaxyID>{'|'.join(IMAGE_SUFFIXES)}, any letter case)."
         )
     paths = {int(i): found.by_id[int(i)] for i in ids}
+    check = (lambda p: check_image(p, fits)) if fits is not None else check_image
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL releases the GIL while decoding
-        reasons = list(tqdm(pool.map(check_image, paths.values()), total=len(paths), desc="checking images", disable=not progress, leave=False))
+        reasons = list(tqdm(pool.map(check, paths.values()), total=len(paths), desc="checking images", disable=not progress, leave=False))
     bad = [(p, r) for p, r in zip(paths.values(), reasons) if r is not None]
     if bad and on_bad_image == "error":
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -28,6 +28,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from gzoo.errors import GzooError
+from gzoo.fits import FitsOptions, cutout_of_row, has_band_columns
+from gzoo.images import ImageItem
 
 #: Rows per record batch read from the file (a chunk gathers as many batches as it needs).
 READ_ROWS = 65536
@@ -39,7 +41,7 @@ class Chunk:
 
     index: int
     start: int
-    files: list[Path]
+    files: list[ImageItem]  # a Path, or a FitsCutout (per-band files, the galaxy's size)
     ids: list
     carry: pa.Table  # the carried columns of these rows, in catalogue order
 
@@ -48,12 +50,23 @@ class CatalogChunks:
     """A CSV or Parquet catalogue, read in chunks (see the module's docstring).
 
     ``file_column`` holds each galaxy's image (relative paths are read from ``root``, by default the
-    catalogue's folder, as training reads data.catalog); ``id_column`` its id (text, or integers when
-    the Parquet column is an integer one); ``carry`` the columns copied to the output as they are.
+    catalogue's folder, as training reads data.catalog), or ``fits``' per-band columns (file_g, file_r,
+    file_i) its FITS frames, with its size from ``fits.size_column`` when there is one (gzoo.fits.cutout_of_row,
+    as training reads them); ``id_column`` its id (integers when every id is all digits); ``carry`` the
+    columns copied to the output as they are.
     """
 
-    def __init__(self, path: Path, file_column: str = "file_loc", id_column: str = "id_str", carry: list[str] | None = None, root: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        file_column: str = "file_loc",
+        id_column: str = "id_str",
+        carry: list[str] | None = None,
+        root: Path | None = None,
+        fits: FitsOptions | None = None,
+    ):
         self.path, self.file_column, self.id_column, self.carry = Path(path), file_column, id_column, list(carry or [])
+        self.fits = fits or FitsOptions()
         self.root = Path(root) if root is not None else self.path.parent
         self.where = f"catalogue {self.path}"
         self.parquet = self.path.suffix.lower() == ".parquet"
@@ -64,7 +77,11 @@ class CatalogChunks:
         if self.path.suffix.lower() not in (".csv", ".parquet"):
             raise GzooError(f"{self.where} must be a .csv or .parquet file, got {self.path.suffix or 'no extension'}.")
         self.columns = self._header()
-        wanted = [id_column, file_column, *self.carry]
+        self.per_band = has_band_columns(self.columns, self.fits)
+        size = [self.fits.size_column] if self.fits.size_column and self.fits.size_column in self.columns else []
+        # The columns that make each row's image item: its file, or its per-band files, and its size.
+        self.image_columns = [c for c in (file_column, *(self.fits.band_columns() if self.per_band else []), *size) if c in self.columns]
+        wanted = [id_column, *([] if self.per_band else [file_column]), *self.carry]
         absent = [c for c in wanted if c not in self.columns]
         if absent:
             shown = ", ".join(self.columns[:12]) + (" ..." if len(self.columns) > 12 else "")
@@ -108,8 +125,8 @@ class CatalogChunks:
         galaxy_id reads them: 0100150 is 100150), else text."""
         from tqdm.auto import tqdm
 
-        names = [self.id_column, self.file_column, *self.carry]
-        text = {self.id_column: pa.string(), self.file_column: pa.string()} | ({c: pa.string() for c in self.carry} if not self.parquet else {})
+        names = [self.id_column, *self.image_columns, *self.carry]
+        text = {c: pa.string() for c in (self.id_column, *self.image_columns)} | ({c: pa.string() for c in self.carry} if not self.parquet else {})
         kinds = {c: [pa.int64(), pa.float64(), pa.string()] for c in self.carry if not self.parquet}  # still possible, narrowest first
         as_text, as_number, file_hashes = [], [], []
         digits = True
@@ -118,12 +135,13 @@ class CatalogChunks:
         with tqdm(total=total, desc=f"checking {self.path.name}", unit="row", disable=not progress) as bar:
             for batch in self._batches(names, text):
                 start = self.rows
-                ids, files = batch.column(self.id_column), batch.column(self.file_column)
+                ids = batch.column(self.id_column)
                 self._check_blank(ids, self.id_column, start)
-                self._check_blank(files, self.file_column, start)
+                if not self.per_band:
+                    self._check_blank(batch.column(self.file_column), self.file_column, start)
                 id_text = [v.strip() for v in ids.to_pylist()]
                 digits = digits and all(v.isascii() and v.isdigit() for v in id_text)
-                paths = [os.path.normpath(self._absolute(f)) for f in files.to_pylist()]
+                paths = [os.path.normpath(str(item)) for item in self._items(batch.select(self.image_columns), start)]
                 as_text.append(_hashes(id_text))
                 as_number.append(_hashes([v.lstrip("0") or "0" for v in id_text]) if digits else np.zeros(0, np.uint64))
                 file_hashes.append(_hashes(paths))
@@ -138,11 +156,18 @@ class CatalogChunks:
         if self.rows == 0:
             raise GzooError(f"{self.where} has no rows.")
         self.id_type = pa.int64() if digits else pa.string()
-        self._check_unique(np.concatenate(as_number if digits else as_text), "id", self.id_column)
-        self._check_unique(np.concatenate(file_hashes), "file", self.file_column)
+        self._check_unique(np.concatenate(as_number if digits else as_text), "id")
+        self._check_unique(np.concatenate(file_hashes), "file")
         self.digest = digest.hexdigest()
         self.types = {c: left[0] for c, left in kinds.items()}
         return self
+
+    def _items(self, table: pa.Table | pa.RecordBatch, start: int) -> list[ImageItem]:
+        """Each row's image item: its file (a Path), or a FitsCutout of its per-band files and size (gzoo.fits.cutout_of_row)."""
+        if self.image_columns == [self.file_column]:
+            return [Path(self._absolute(f)) for f in table.column(self.file_column).to_pylist()]
+        rows = table.to_pylist()
+        return [cutout_of_row(row, self.fits, self.root, self.file_column, f"{self.where}, {_row(start + k)}") for k, row in enumerate(rows)]
 
     def _absolute(self, name: str) -> str:
         path = Path(name.strip()).expanduser()
@@ -156,24 +181,26 @@ class CatalogChunks:
                 f"{self.where}, {_row(row)}: the {'id' if name == self.id_column else 'file'} column {name!r} is empty; fill it in or drop the row."
             )
 
-    def _check_unique(self, hashes: np.ndarray, what: str, column: str) -> None:
+    def _check_unique(self, hashes: np.ndarray, what: str) -> None:
         order = np.argsort(hashes, kind="stable")
         same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
         if not len(same):
             return
         first, second = sorted((int(order[same[0]]), int(order[same[0] + 1])))
-        value, rows = self._value(first, column), f"rows {first + 2} and {second + 2}"
+        rows = f"rows {first + 2} and {second + 2}"
         if what == "id":
-            raise GzooError(f"{self.where}, {rows} are both galaxy {value!r}; each galaxy must appear once.")
-        raise GzooError(
-            f"{self.where}, {rows} both name the image {os.path.normpath(self._absolute(value))}; each image must appear once, so drop one of them."
-        )
+            raise GzooError(
+                f"{self.where}, {rows} are both galaxy {self._row_of(first, [self.id_column])[self.id_column].strip()!r}; each galaxy must appear once."
+            )
+        item = self._items(pa.Table.from_pylist([self._row_of(first, self.image_columns)]), first)[0]
+        raise GzooError(f"{self.where}, {rows} both name the image {os.path.normpath(str(item))}; each image must appear once, so drop one of them.")
 
-    def _value(self, row: int, column: str) -> str:
+    def _row_of(self, row: int, columns: list[str]) -> dict:
+        """Row ``row``'s values of ``columns``, as text (a second pass: only for an error's message)."""
         seen = 0
-        for batch in self._batches([column], {column: pa.string()}):
+        for batch in self._batches(columns, {c: pa.string() for c in columns}):
             if row < seen + batch.num_rows:
-                return str(batch.column(column)[row - seen].as_py()).strip()
+                return batch.slice(row - seen, 1).to_pylist()[0]
             seen += batch.num_rows
         raise IndexError(row)
 
@@ -181,8 +208,8 @@ class CatalogChunks:
         """The catalogue in chunks of ``size`` rows (the last may be shorter), in order; :meth:`scan` first."""
         if not self.digest:
             self.scan(progress=False)
-        names = [self.id_column, self.file_column, *self.carry]
-        types = dict(self.types) | {self.id_column: pa.string(), self.file_column: pa.string()}
+        names = [self.id_column, *self.image_columns, *self.carry]
+        types = dict(self.types) | {c: pa.string() for c in (self.id_column, *self.image_columns)}
         pending: list[pa.RecordBatch] = []
         held, index, start = 0, 0, 0
         for batch in self._batches(names, types):
@@ -198,7 +225,7 @@ class CatalogChunks:
             yield self._chunk(index, start, pa.Table.from_batches(pending))
 
     def _chunk(self, index: int, start: int, table: pa.Table) -> Chunk:
-        files = [Path(self._absolute(f)) for f in table.column(self.file_column).to_pylist()]
+        files = self._items(table.select(self.image_columns), start)
         ids = [v.strip() for v in table.column(self.id_column).to_pylist()]
         ids = [int(v) for v in ids] if self.id_type == pa.int64() else ids
         return Chunk(index, start, files, ids, table.select(self.carry))

@@ -32,6 +32,7 @@ from gzoo.data.loader import make_loader
 from gzoo.data.split import id_array, sort_ids, split_ids
 from gzoo.device_augment import check_augment_on, device_train_transform
 from gzoo.errors import GzooError
+from gzoo.fits import FitsCutout, FitsOptions, as_options, is_fits
 from gzoo.options import DataOptions, ModelOptions
 from gzoo.transforms import eval_transform, train_transform
 
@@ -82,6 +83,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         file_column: str = DataOptions.file_column,
         labels: str | list[str] = DataOptions.labels,
         layout: str = DataOptions.layout,
+        fits: FitsOptions | dict | None = None,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -107,9 +109,10 @@ class GalaxyZooDataModule(L.LightningDataModule):
         make_train_tf = device_train_transform if augment_on == "device" else train_transform  # device: the warp runs in GalaxyZooModule
         self.train_tf = make_train_tf(image_size, crop_fraction, **(augment or {}))
         self.eval_tf = eval_transform(image_size, crop_fraction)
-        self.skipped: list[tuple[Path, str]] = []  # unreadable images left out (on_bad_image="skip")
+        self.fits = as_options(fits)  # how FITS cutouts become images (data.fits; recorded in the checkpoint)
+        self.skipped: list[tuple[Any, str]] = []  # unreadable images (files, or FitsCutouts) left out (on_bad_image="skip")
         self.catalog: pd.DataFrame | None = None  # the labels of every galaxy kept, NaN = unknown
-        self.paths: dict[int, Path] = {}
+        self.paths: dict = {}  # {id: image file, or gzoo.fits.FitsCutout}
         self.cache: CachedImages | None = None  # data.crop_cache: every image of "all", in its order
         self.splits: dict[str, np.ndarray] = {}
 
@@ -127,12 +130,12 @@ class GalaxyZooDataModule(L.LightningDataModule):
         if self.limit is not None and self.limit < 1:
             raise GzooError(f"data.limit must be a positive number of galaxies or null, got {self.limit}.")
         if self.catalog_path is not None:
-            catalog, files = read_own_catalog(self.catalog_path, self.columns, self.id_column, self.file_column, self.missing_labels)
+            catalog, files = read_own_catalog(self.catalog_path, self.columns, self.id_column, self.file_column, self.missing_labels, self.fits)
             catalog = catalog.rename(columns={"id": schema.ID_COLUMN})
             if self.limit is not None:
                 catalog = catalog.iloc[: self.limit].reset_index(drop=True)
             files = {i: files[i] for i in catalog[schema.ID_COLUMN]}
-            self.paths, self.skipped = check_files(files, self.progress, self.on_bad_image)
+            self.paths, self.skipped = check_files(files, self.progress, self.on_bad_image, self.fits)
         else:
             wrong = [c for c in self.columns if c not in schema.COLUMN_INDEX]
             if wrong:
@@ -142,7 +145,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
             catalog = read_catalog(self.labels_path, self.missing_labels)
             if self.limit is not None:
                 catalog = catalog.iloc[: self.limit].reset_index(drop=True)
-            self.paths, self.skipped = check_images(catalog[schema.ID_COLUMN].to_numpy(), self.images_path, self.progress, self.on_bad_image)
+            self.paths, self.skipped = check_images(catalog[schema.ID_COLUMN].to_numpy(), self.images_path, self.progress, self.on_bad_image, self.fits)
         if self.skipped:
             catalog = catalog[catalog[schema.ID_COLUMN].isin(self.paths.keys())].reset_index(drop=True)
         ids = catalog[schema.ID_COLUMN].to_numpy()
@@ -152,6 +155,11 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.splits["all"] = sort_ids(id_array(ids))
         self.catalog = catalog.set_index(schema.ID_COLUMN)
         if self.crop_cache is not None:
+            if any(isinstance(p, FitsCutout) or is_fits(p) for p in self.paths.values()):
+                raise GzooError(
+                    "data.crop_cache keeps decoded JPEG/PNG frames, not FITS composites; make the composites once with "
+                    "python -m gzoo.prepare catalog=... out=DIR and train on DIR/catalog.parquet, or set data.crop_cache=null."
+                )
             folder = cache_folder(self.crop_cache)  # auto: the user's cache folder, never the data's
             self.cache = open_cache([self.paths[i] for i in self.splits["all"]], folder, self.num_workers, self.progress)
 
@@ -182,7 +190,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         ids = self.ids(part)
         tf = self.train_tf if part == "train" and not views else self.eval_tf
         images = [self.paths[i] for i in ids] if self.cache is None else self.cache.subset(self._positions(ids))
-        return GalaxyZooDataset(images, self.labels(part), ids, tf, self.seed, views, on_bad_image)
+        return GalaxyZooDataset(images, self.labels(part), ids, tf, self.seed, views, on_bad_image, self.fits)
 
     # ------------------------------------------------------------------------- batches
 

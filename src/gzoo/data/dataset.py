@@ -16,7 +16,8 @@ from torch.utils.data import Dataset, Sampler
 
 from gzoo.data.crop_cache import CachedImages
 from gzoo.errors import GzooError
-from gzoo.images import FitsStretch, load_image
+from gzoo.fits import FitsCutout, FitsOptions
+from gzoo.images import FitsStretch, ImageItem, load_image
 from gzoo.transforms import reseed, rotate
 
 
@@ -68,21 +69,22 @@ class GalaxyZooDataset(Dataset):
     ``views``: angles (degrees) by which the whole image is rotated before the transform, one view
     each (test-time augmentation). ``on_bad_image="skip"``: an unreadable image gives a zero image and
     its reason under "error" ("" for a good one) instead of stopping with an error naming it.
-    ``fits``: how FITS files are stretched to 8 bit (see gzoo.images.FitsStretch).
+    ``fits``: how FITS cutouts (files, or gzoo.fits.FitsCutout items) become images (gzoo.fits.FitsOptions; the
+    GZ2 preset when None).
     """
 
     def __init__(
         self,
-        images: Sequence[Path | np.ndarray],
+        images: Sequence[ImageItem | np.ndarray],
         labels: np.ndarray | None,
         ids: Sequence[Any] | np.ndarray,
         transform,
         seed: int = 0,
         views: Sequence[float] = (),
         on_bad_image: str = "error",
-        fits: FitsStretch | None = None,
+        fits: FitsOptions | FitsStretch | None = None,
     ):
-        self.images: Sequence[Path | np.ndarray]
+        self.images: Sequence[ImageItem | np.ndarray]
         self.labels: np.ndarray | None
         self.mask: np.ndarray | None
         self.images, self.transform, self.seed, self.fits = list(images), transform, seed, fits
@@ -137,4 +139,4 @@ class GalaxyZooDataset(Dataset):
     def _name(self, i: int) -> str:
         """The image's file, or for a decoded array (a crop cache's row) the galaxy's id."""
         image = self.images[i] if not isinstance(self.images, CachedImages) else None
-        return str(image) if isinstance(image, (str, Path)) else f"of galaxy {self.ids[i]!r}"
+        return str(image) if isinstance(image, (str, Path, FitsCutout)) else f"of galaxy {self.ids[i]!r}"
