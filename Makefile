@@ -46,7 +46,7 @@ else
 TRAIN := experiment=demo name=$(RUN)
 FINETUNE_EPOCHS ?= 30
 FULLTUNE_EPOCHS ?= 6
-FINETUNE := phase.cache_features=true optim.lr=1e-3
+FINETUNE := phase.cache_features=true
 FULLTUNE := optim=best
 endif
 

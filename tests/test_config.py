@@ -71,7 +71,7 @@ def test_train_help_lists_groups_and_every_field_of_the_schema_with_its_value_an
     for key, f, _ in fields(RunOptions):
         assert f"\n  {key}=" in keys and f.metadata["help"] in keys, key
     assert "  data.batch_size=70    # galaxies per batch, as in the paper\n" in keys and "  model.image_size=300    # " in keys
-    assert "  optim.lr=0.00015    # the paper's fine-tuning rate\n" in keys
+    assert "  optim.lr=0.00015    # 1.5e-4: the paper's fine-tuning rate; 1e-3 for a feature-cached finetune (phase.cache_features)\n" in keys
 
 
 @pytest.mark.slow  # a real command: seconds of imports

@@ -184,3 +184,38 @@ def test_a_random_frozen_body_and_a_run_worse_than_the_mean_are_said(tmp_path, d
     assert "val/rmse_tta8" in metrics and math.isfinite(metrics["val/rmse_tta8"])
     saved = json.loads((Path(metrics["best_checkpoint"]).parent.parent / "metrics.json").read_text())
     assert saved["val/rmse_tta8"] == metrics["val/rmse_tta8"]
+
+
+# ----------------------------------------------------------------------------- defaults of a feature-cached finetune, weight averaging
+
+
+def test_a_feature_cached_finetune_has_its_own_rate_epochs_and_patience_unless_given():
+    from tests.conftest import compose_train
+
+    cached = compose_train("phase.cache_features=true")
+    assert (cached.optim.lr, cached.trainer.max_epochs, cached.callbacks.early_stopping.patience, cached.phase.cache_views) == (1e-3, 300, 30, 8)
+    plain = compose_train()  # negative control: any other phase keeps the paper's
+    assert (plain.optim.lr, plain.trainer.max_epochs, plain.callbacks.early_stopping.patience) == (1.5e-4, 50, 10)
+    assert compose_train("phase.cache_features=true", "optim.lr=5e-4").optim.lr == 5e-4  # a value given wins
+    assert compose_train("phase=fulltune", "phase.cache_features=false").optim.lr == 1.5e-4
+    pinned = compose_train("experiment=paper_b0", "phase.cache_features=true")  # the paper's recipe stays pinned
+    assert (pinned.optim.lr, pinned.trainer.max_epochs, pinned.callbacks.early_stopping.patience) == (1.5e-4, 50, 10)
+    assert go.check({})["lr"] == 1.5e-4  # an optim node without lr: the paper's
+
+
+@pytest.mark.slow
+def test_with_optim_ema_the_averaged_weights_are_scored_and_saved(tmp_path, data):
+    metrics = train(
+        make_cfg(tmp_path, data, *QUICK, "phase.cache_features=true", "phase.cache_views=2", "trainer.max_epochs=3", "optim.lr=3e-2", "optim.ema=0.99")
+    )
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    saved, trained = ckpt["state_dict"], ckpt["current_model_state"]  # Lightning keeps the training weights beside, for resume
+    assert not torch.equal(saved["net.tail.3.weight"], trained["net.tail.3.weight"])  # the averaged weights are not the last step's
+    assert torch.allclose(saved["net.body.conv_stem.weight"], trained["net.body.conv_stem.weight"], atol=1e-6)  # the frozen body: its own average
+    dm = GalaxyZooDataModule(data, image_size=32, val_fraction=0.25, batch_size=8, num_workers=0, progress=False)
+    net = load_net(metrics["best_checkpoint"])  # what predict and evaluate read: the averaged network
+    pred = np.concatenate([b["pred"] for b in predict_loader(net, dm.loader("val", views=(0.0,)))])
+    assert rmse(pred, dm.labels("val")) == pytest.approx(metrics["val/rmse"], abs=2e-4)  # and what val/rmse scored
+    net.load_state_dict({k[len("net.") :]: v for k, v in trained.items() if k.startswith("net.")})
+    last = np.concatenate([b["pred"] for b in predict_loader(net, dm.loader("val", views=(0.0,)))])
+    assert rmse(last, dm.labels("val")) != pytest.approx(metrics["val/rmse"], abs=2e-4)  # negative control: the training weights score otherwise

@@ -1,4 +1,4 @@
-"""Lightning callbacks of gzoo: per-step seeds (exact resume) and the validation gallery in TensorBoard."""
+"""Lightning callbacks of gzoo: per-step seeds (exact resume), the weights' moving average and the validation gallery in TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from gzoo import schema
 from gzoo.data import seed_of
@@ -30,6 +32,18 @@ class StepSeed(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
+class WeightEMA(WeightAveraging):
+    """An exponential moving average of the weights, updated after every optimiser step (optim.ema = its decay).
+
+    Lightning's WeightAveraging: the averaged weights are the ones validated (so val/rmse, the best checkpoint and
+    early stopping follow them), the ones a checkpoint's state_dict holds (the training weights are kept beside
+    them for resume), and the ones the module holds when training ends; predict, evaluate and export therefore
+    read the averaged network. BatchNorm's running statistics are averaged too."""
+
+    def __init__(self, decay: float):
+        super().__init__(avg_fn=get_ema_avg_fn(decay))
 
 
 class EpochHistory(L.Callback):

@@ -12,11 +12,11 @@ Weight decay never applies to biases and normalisation weights (timm's parameter
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
+from omegaconf import OmegaConf
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
@@ -31,7 +31,7 @@ def check(optim: dict[str, Any]) -> dict[str, Any]:
     each value checked by the schema's ranges and choices (one sentence if wrong)."""
     from gzoo.options import OptimOptions
 
-    defaults = dataclasses.asdict(OptimOptions())
+    defaults = cast(dict, OmegaConf.to_container(OmegaConf.structured(OptimOptions), resolve=True))  # a default that depends on the phase: any other phase's
     unknown = set(optim) - set(defaults)
     if unknown:
         raise GzooError(f"optim.{sorted(unknown)[0]} is not an optimiser setting; the settings are {', '.join(defaults)}.")

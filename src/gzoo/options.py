@@ -28,6 +28,18 @@ from gzoo.fits import FitsOptions
 # ----------------------------------------------------------------------------- data
 
 
+def when_cached(cached: Any, otherwise: Any, *, _root_: Any = None) -> Any:
+    """The resolver ``${gzoo_cached:A,B}``: A for a feature-cached finetune (phase.cache_features with the body frozen),
+    else B. Such a finetune's epochs cost a fraction of a second, so its defaults train the tail at a higher rate
+    for more epochs (the rate, the epoch cap, early stopping's patience; measured in the README); a value given
+    on the command line or in a recipe (experiment=paper_b0 pins the paper's) replaces the default as any other."""
+    phase = _root_.get("phase") if isinstance(_root_, DictConfig) else None
+    return cached if isinstance(phase, DictConfig) and phase.get("cache_features") and phase.get("freeze_body") else otherwise
+
+
+OmegaConf.register_new_resolver("gzoo_cached", when_cached, replace=True)
+
+
 def _batches(v: Any) -> bool:
     """A Trainer's limit of batches: a positive number of them, or a fraction in (0, 1]."""
     whole = isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -132,7 +144,10 @@ class PhaseOptions:
     init_from: str | None = option(None, "the checkpoint whose weights this phase starts from (fulltune: the finetune's best)")
     cache_features: bool = option(False, "compute the frozen body's features once (cache_views exact views per training galaxy), then train the tail on them")
     cache_views: int = option(
-        4, "right-angle rotations/flips cached per training galaxy; on 2 CPU cores each costs about 0.75 of an uncached epoch", low=1, high=8
+        8,
+        "right-angle rotations/flips cached per training galaxy (all 8: the best tail); on 2 CPU cores each costs about 0.75 of an uncached epoch",
+        low=1,
+        high=8,
     )
     freeze_bn_stats: bool = option(True, "BatchNorm keeps the trained body's running statistics (its scale and shift still train)")
 
@@ -143,7 +158,7 @@ class OptimOptions:
 
     name: str = option("paper", "the recipe's name")
     optimizer: str = option("adam", "adam | adamw (decoupled weight decay)", choices=("adam", "adamw"))
-    lr: float = option(1.5e-4, "the paper's fine-tuning rate", above=0)
+    lr: float = option("${gzoo_cached:1e-3,1.5e-4}", "1.5e-4: the paper's fine-tuning rate; 1e-3 for a feature-cached finetune (phase.cache_features)", above=0)
     weight_decay: float = option(0.0, "never on biases or normalisation weights", low=0)
     schedule: str = option(
         "plateau",
@@ -155,6 +170,7 @@ class OptimOptions:
     warmup_epochs: float = option(0.0, "cosine only: linear warmup over this many epochs (may be a fraction)", low=0)
     min_lr_fraction: float = option(0.0, "cosine only: the lr at the end, as a fraction of lr", low=0, high=1)
     layer_decay: float = option(1.0, "< 1: body block k trains at lr x layer_decay^(blocks above it) (fulltune); 1: one lr everywhere", above=0, high=1)
+    ema: float = option(0.0, "> 0: validate and save an exponential moving average of the weights with this decay per step, e.g. 0.99; 0: off", low=0, below=1)
 
 
 @dataclass
@@ -174,7 +190,10 @@ class TrainerOptions:
     num_nodes: int = option(1, "machines (trainer=ddp)", low=1)
     strategy: str = option("auto", "auto, or ddp (trainer=ddp)")
     max_epochs: int = option(
-        50, "at most 50 epochs per phase, as in the paper", valid=lambda v: v >= 1 or v == -1, must="a positive integer (or -1: until early stopping)"
+        "${gzoo_cached:300,50}",
+        "at most 50 epochs per phase, as in the paper; 300 for a feature-cached finetune (its epochs take a fraction of a second)",
+        valid=lambda v: v >= 1 or v == -1,
+        must="a positive integer (or -1: until early stopping)",
     )
     precision: str = option("32-true", "32-true (CPU, exact); 16-mixed or bf16-mixed on GPUs (trainer=gpu)")
     accumulate_grad_batches: int = option(1, "step the optimiser every N batches: an N-times larger batch in the same memory", low=1)

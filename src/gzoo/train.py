@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gzoo import schema
-from gzoo.callbacks import EpochHistory, StepSeed
+from gzoo.callbacks import EpochHistory, StepSeed, WeightEMA
 from gzoo.config import fields as option_fields
 from gzoo.config import front_door
 from gzoo.config import shown as shown_value
@@ -304,6 +304,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
     # callbacks=null, logger=null or ~logger: none of that group (the run's own callbacks below always run)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [StepSeed(cfg.seed), history]
     callbacks += [StopOnSignal(guard), RecordSplit(cfg.data)]  # a signal stops at a batch boundary; checkpoints record their split
+    callbacks += [WeightEMA(cfg.optim.ema)] if cfg.optim.get("ema", 0) > 0 else []  # the averaged weights are validated and saved
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):  # it refuses a run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
