@@ -97,8 +97,8 @@ def test_fits_cutouts_one_band_and_three_to_a_dataframe(ckpt, tmp_path):
     model = gzoo.load(ckpt, device="cpu")
     table = model.predict(pd.DataFrame({"id_str": ["one", "three"], "file_loc": [str(one), str(three)]}), num_workers=0, progress=False)
     assert table["id_str"].tolist() == ["one", "three"] and np.isfinite(table[schema.COLUMNS].to_numpy()).all()
-    # The stretch's parameters reach the pixels the network sees.
-    harsh = model.predict([one], fits={"softening": 5.0}, num_workers=0, progress=False)
+    # The composite's parameters reach the pixels the network sees.
+    harsh = model.predict([one], fits={"stretch": 5.0}, num_workers=0, progress=False)
     assert np.abs(harsh[schema.COLUMNS].to_numpy() - table[schema.COLUMNS].to_numpy()[:1]).max() > 1e-6
 
 

@@ -140,7 +140,7 @@ def test_cache_features_needs_a_frozen_body(tmp_path, data):
 def test_optim_check_refuses_unknown_keys_and_bad_values():
     from gzoo.options import OptimOptions
 
-    assert go.check({}) == dataclasses.asdict(OptimOptions())  # the paper's recipe, from the schema
+    assert go.check({}) == dataclasses.asdict(OptimOptions()) | {"lr": 1.5e-4}  # the paper's recipe, from the schema (lr: any phase but a cached finetune)
     with pytest.raises(GzooError, match="optim.momentum is not an optimiser setting"):
         go.check({"momentum": 0.9})
     with pytest.raises(GzooError, match="optim.optimizer=sgd is not one of adam, adamw"):

@@ -63,7 +63,9 @@ class Model:
         (gzoo.survey.SurveyOptions): ``tta`` (views averaged per galaxy; 8 = right-angle rotations x mirror),
         ``batch_size``, ``num_workers``, ``precision``, ``on_bad_image="skip"`` (leave unreadable images out and
         say which), ``fits`` (gzoo.fits.FitsOptions or its fields as a dict: the checkpoint's own, but for what is given), ``file_column``/``id_column``, ``carry``
-        (columns of a catalogue or DataFrame to copy), ``outputs="both"`` (the embedding too), ``progress``.
+        (columns of a catalogue or DataFrame to copy), ``outputs="both"`` (the embedding too), ``progress``,
+        ``uncertainty="dropout"`` (or "views", "both" with tta >= 2: each answer's spread, Class1.1_std ..., and the
+        calibrated intervals of ``intervals=[90]``, Class1.1_lo90 / Class1.1_hi90 ...; see gzoo.uncertainty), ``samples``.
         ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
         a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".
 
@@ -97,6 +99,18 @@ class Model:
             shown = ", ".join(str(p) for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             say(f"left out {len(skipped)} unreadable images (on_bad_image=skip): {shown}")
         return table
+
+    def similar(self, embeddings: str | Path, query: Any, k: int = 10, **index: Any) -> pd.DataFrame:
+        """The k galaxies of ``embeddings`` (a folder of parts that gzoo.embed made with this checkpoint) most like each
+        query: ids of those galaxies and/or image files (embedded with this model, with the embeddings' tta). One row per
+        query and neighbour: query, rank, the id column, distance, the carried columns, the predicted answers; ``index``
+        takes gzoo.neighbours.IndexOptions' fields (pca=, metric=, kind= ...). See gzoo.similar."""
+        from gzoo.neighbours import IndexOptions
+        from gzoo.similar import similar as find
+
+        if self.checkpoint is None:
+            raise GzooError("Model.similar needs a model from gzoo.load(checkpoint): the checkpoint's SHA-256 is checked against the embeddings'.")
+        return find(embeddings, query, k, ckpt=self.checkpoint, index=IndexOptions(**index), model=self)
 
 
 def load(checkpoint: str | Path, device: str = "auto") -> Model:

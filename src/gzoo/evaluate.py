@@ -14,10 +14,16 @@ run's training part (the same image file, or the same integer id). The baseline 
 every galaxy, each column's mean over the run's training part. Unknown (empty) label cells are
 left out of every RMSE. Every output folder is checked to be writable before anything is scored.
 
+Each answer's spread (uncertainty=[dropout,views,both]; gzoo.uncertainty) is judged by how often its intervals
+hold the true fraction: the coverage of the 68 % and 90 % intervals, overall and per question, cross-fitted
+(scaled on one half of the galaxies, scored on the other), of the checkpoint's stated intervals, of the raw
+spread as a Gaussian sigma, and of a constant width (the baseline).
+
 Writes into out (default <run_dir>/eval/<split>, or <run_dir>/eval/<folder or catalogue>-<split>
-for other data): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, and
-tensorboard/ (`tensorboard --logdir <out>/tensorboard`); with predictions=FILE.csv or FILE.parquet (the
-format by the extension) also each galaxy's predictions, the id then the run's label columns.
+for other data): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, calibration.png
+(expected against observed coverage), and tensorboard/ (`tensorboard --logdir <out>/tensorboard`); with
+predictions=FILE.csv or FILE.parquet (the format by the extension) also each galaxy's predictions, the id then
+the run's label columns (and with predictions_spread=true each answer's spread, Class1.1_std ...).
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ from gzoo.log import say
 from gzoo.metrics import mean_prediction, rmse, rmse_table
 from gzoo.module import load_net
 from gzoo.schema import SEED_ANSWERS, answer_label
+from gzoo.uncertainty import METHODS, SAMPLES, coverage_curve, coverage_rows, plot_coverage
 
-OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "tensorboard")
+OUTPUTS = ("report.json", "report.md", "rmse_per_answer.png", "pred_vs_true.png", "calibration.png", "tensorboard")
 
 
 @dataclass
@@ -82,6 +89,14 @@ class EvaluateOptions:
     device: str = option("auto", "auto (the GPU if there is one), cpu, cuda ...")
     precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
     progress: bool = option(True, "show progress bars")
+    uncertainty: list[str] = option(
+        list(METHODS),
+        "the answers' spreads whose intervals' coverage is reported, at each tta (views and both at tta >= 2); [] for none",
+        valid=lambda v: all(m in METHODS for m in v),
+        must=f"a list among {', '.join(METHODS)}",
+    )
+    samples: int = option(SAMPLES, "dropout samples per galaxy for the dropout and both spreads", low=2)
+    predictions_spread: bool = option(False, "with predictions=, also the first uncertainty spread per answer (Class1.1_std ...) at the largest tta")
 
 
 def read_run_config(ckpt: Path, config: Path | None) -> DictConfig:
@@ -312,8 +327,69 @@ def write_markdown(path: Path, report: dict) -> None:
             "",
         ]
     lines += ["![RMSE per answer](rmse_per_answer.png)", "", "![predicted against true](pred_vs_true.png)", ""]
+    if "calibration" in report:
+        lines += calibration_markdown(report["calibration"], gz2)
     with atomic_open(path) as f:
         f.write("\n".join(lines))
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def calibration_markdown(cal: dict, gz2: bool) -> list[str]:
+    """report.md's section on the answers' intervals: coverage per spread and tta, then per question (or label)."""
+    rows = cal["rows"]
+    fitted = cal["calibrated_on"]
+    stated = (
+        f"the intervals gzoo.predict writes, from the checkpoint's calibration (fitted on the run's {fitted['split']} split, "
+        f"{fitted['galaxies']} galaxies: on those galaxies this is not a test)"
+        if fitted
+        else "none: the checkpoint holds no calibration, so gzoo.predict writes spreads without intervals"
+    )
+    lines = [
+        "## Uncertainty: how often each answer's interval holds the true fraction",
+        "",
+        "The share of known true vote fractions inside each answer's central 68 % and 90 % interval, every known cell counted once "
+        "(an answer known for a few galaxies weighs little). *Cross-fitted*: the interval's scale fitted on one half of these galaxies "
+        "and scored on the other half, and the other way round: the method's honest coverage. "
+        f"*Stated*: {stated}. *±σ*: the raw spread read as a Gaussian sigma. *Widest quarter*: the 90 % coverage on the quarter of "
+        f"known cells with the widest {rows[0]['spread']} spread (a constant width covers too few of them). Dropout samples: {cal['samples']}.",
+        "",
+        "| spread | tta | mean std | ±σ 68 % / 90 % | cross-fitted 68 % | cross-fitted 90 % | width of the 90 % | 90 % on the widest quarter | stated 68 % | stated 90 % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        x, g, st = r["cross_fitted"], r["gaussian"], r["stated"] or {}
+        sigma = f"{_share(g['68'])} / {_share(g['90'])}" if g else "–"
+        lines.append(
+            f"| {r['spread']} | {r['tta']} | {r['mean_std']:.4f} | {sigma} | {_share(x['68']['overall'])} | "
+            f"{_share(x['90']['overall'])} | {x['90']['width']:.3f} | {_share(x['90']['widest_quarter'])} | "
+            f"{_share(st['68']['overall']) if st else '–'} | {_share(st['90']['overall']) if st else '–'} |"
+        )
+    per = "per_question" if gz2 else "per_answer"
+    names = [f"Q{q.number}" for q in schema.QUESTIONS] if gz2 else list(rows[0]["cross_fitted"]["90"]["per_answer"])
+    known = rows[0]["cross_fitted"]["90"]["known"]
+    counts = {f"Q{q.number}": sum(known[c] for c in q.columns) for q in schema.QUESTIONS} if gz2 else known
+    titles = {f"Q{q.number}": f"Q{q.number} {q.text}" for q in schema.QUESTIONS} if gz2 else {}
+    lines += [
+        "",
+        f"Cross-fitted coverage (68 % / 90 %) per {'question' if gz2 else 'label'}; *known*: the known cells (a thin one is noisy, and "
+        "an answer with fewer than 20 known values takes the scale of all answers):",
+        "",
+        f"| {'question' if gz2 else 'label'} | known | " + " | ".join(f"{r['spread']}, tta={r['tta']}" for r in rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+        *(
+            f"| {titles.get(name, name)} | {counts[name]} | "
+            + " | ".join(f"{_share(r['cross_fitted']['68'][per][name])} / {_share(r['cross_fitted']['90'][per][name])}" for r in rows)
+            + " |"
+            for name in names
+        ),
+        "",
+        "![coverage of the intervals](calibration.png)",
+        "",
+    ]
+    return lines
 
 
 # ----------------------------------------------------------------------------- the report
@@ -385,11 +461,14 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
         "model": {},
     }
     say(in_training_sentence(report["data"]))
-    preds = {}
+    preds, stds = {}, {}
     for n in o.tta:
         start = time.perf_counter()
         loader = data.loader(split, views=tuple(tta_angles(n)), batch_size=o.batch_size, num_workers=o.num_workers)
-        preds[n] = np.concatenate([b["pred"] for b in predict_loader(net, loader, n, o.precision, o.progress)])
+        methods = spreads_at(o.uncertainty, n, net.dropout_p)
+        batches = list(predict_loader(net, loader, n, o.precision, o.progress, uncertainty=methods, samples=o.samples))
+        preds[n] = np.concatenate([b["pred"] for b in batches])
+        stds[n] = {m: np.concatenate([b["std"][m] for b in batches]) for m in methods}
         seconds = time.perf_counter() - start
         report["model"][str(n)] = rmse_table(preds[n], true, data.columns) | {"images_per_second": len(ids) / seconds}
         if schema.is_gz2(data.columns):  # the decision tree applies to the 37 answers only
@@ -397,24 +476,66 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
         say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
 
     best = max(o.tta)
-    write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies")
+    if any(stds.values()):
+        report["calibration"] = calibration_report(true, preds, stds, data.columns, net.calibration, o.samples)
+        for row in report["calibration"]["rows"]:
+            say(f"{row['spread']}, tta={row['tta']}: the 90 % interval covers {row['cross_fitted']['90']['overall']:.3f} of the known fractions (cross-fitted)")
+    more = {"calibration": plot_calibration(true, preds, stds)} if "calibration" in report else {}
+    write_report(out, report, preds[best], true, f"tta={best}, split={split}, {len(ids)} galaxies", more)
     say(f"report in {out} (report.md, report.json, PNGs, tensorboard/)")
     if o.predictions is not None:
         table = pd.DataFrame(preds[best], columns=data.columns)
+        if o.predictions_spread and stds[best]:
+            std = next(iter(stds[best].values()))
+            table = pd.concat([table, pd.DataFrame(std, columns=[f"{c}_std" for c in data.columns])], axis=1)
         table.insert(0, id_column_name(list(report["ids"])), pd.Series(report["ids"], dtype=object).infer_objects())
         o.predictions.parent.mkdir(parents=True, exist_ok=True)
         say(f"predictions (tta={best}) of {len(ids)} galaxies in {write_table(table, o.predictions, 'predictions', float_format='%.6f')}")
     return report
 
 
-def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, title: str) -> None:
-    """The report's files in ``out``, replacing an earlier report's; ``pred`` is drawn against ``true`` under ``title``."""
+def spreads_at(methods: list[str], tta: int, dropout: float) -> list[str]:
+    """The spreads of ``methods`` that can be made at ``tta`` (views need two views, dropout a tail with dropout; both
+    at tta=1 would be dropout again)."""
+    return [m for m in methods if (m == "dropout" or tta >= 2) and (m == "views" or dropout > 0)]
+
+
+def calibration_report(true: np.ndarray, preds: dict, stds: dict, columns: list[str], record: dict | None, samples: int) -> dict:
+    """The coverage of each spread's intervals at each tta, and of a constant width (gzoo.uncertainty.coverage_rows)."""
+    rows = []
+    for n, by_method in stds.items():
+        if by_method:
+            rows += coverage_rows(true, preds[n], by_method, n, REPORTED_LEVELS, columns, record)
+    fitted = {"split": record["split"], "galaxies": record["galaxies"]} if record else None
+    return {"levels": list(REPORTED_LEVELS), "samples": samples, "calibrated_on": fitted, "rows": rows}
+
+
+#: The levels (in %) of the intervals whose coverage the report gives.
+REPORTED_LEVELS = (68, 90)
+
+
+def plot_calibration(true: np.ndarray, preds: dict, stds: dict) -> Figure:
+    """Expected against observed coverage at the largest tta with spreads: each spread's calibrated intervals (cross-fitted),
+    its raw spread read as a Gaussian sigma (dashed), and a constant width."""
+    n = max(k for k, v in stds.items() if v)
+    curves = {}
+    for method, std in stds[n].items():
+        curves[f"{method}, calibrated (cross-fitted)"] = coverage_curve(true, preds[n], std, gaussian=False)
+        curves[f"{method}, raw spread as a sigma"] = coverage_curve(true, preds[n], std, gaussian=True)
+    curves["constant width (cross-fitted)"] = coverage_curve(true, preds[n], np.zeros_like(preds[n]), gaussian=False)
+    return plot_coverage(curves, f"coverage of the answers' intervals, tta={n}")
+
+
+def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, title: str, more: dict[str, Figure] | None = None) -> None:
+    """The report's files in ``out``, replacing an earlier report's; ``pred`` is drawn against ``true`` under ``title``;
+    ``more``: other figures by name (calibration: the coverage of the answers' intervals)."""
     for name in OUTPUTS:
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "rmse_per_answer": plot_rmse_per_answer(report["model"], report["baseline"]),
         "pred_vs_true": plot_pred_vs_true(pred, true, title, list(report["baseline"]["per_answer"])),
+        **(more or {}),
     }
     with SummaryWriter(str(out / "tensorboard")) as tb:
         tb.add_scalar("eval/rmse/baseline", report["baseline"]["rmse"])
@@ -424,6 +545,9 @@ def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, ti
                 tb.add_scalar(f"eval/tree_inconsistency_max/tta{n}", r["tree_inconsistency"]["max_abs"])
             for q, value in r["per_question"].items():
                 tb.add_scalar(f"eval/rmse_{q}/tta{n}", value)
+        for row in report.get("calibration", {}).get("rows", []):
+            for level, table in row["cross_fitted"].items():
+                tb.add_scalar(f"eval/coverage{level}/{row['spread'].replace(' ', '_')}_tta{row['tta']}", table["overall"])
         for name, fig in figures.items():
             fig.savefig(out / f"{name}.png", dpi=100)
             with Image.open(out / f"{name}.png") as png:  # the PNG again rather than drawing the figure twice
@@ -437,6 +561,8 @@ def _json_safe(value):
     """NaN (no known cell) -> null, so that report.json is standard JSON."""
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
     return None if isinstance(value, float) and np.isnan(value) else value
 
 

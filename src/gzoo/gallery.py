@@ -18,6 +18,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
@@ -120,17 +121,85 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
         draw.text((GAP, y0 + 5), f"{answer_label(column)}: top {len(top)} of {len(table)}", fill="black", font=title_font)
         for j, (gid, value) in enumerate(zip(top[id_column], top[column])):
             x, y = (j % cols) * cell_w + GAP // 2, y0 + TITLE + (j // cols) * cell_h
-            path = image_of(found, images, gid)
-            try:
-                pixels = central_crop(load_image(path), crop)
-            except GzooError:
-                raise  # a FITS file without astropy: its own sentence
-            except Exception as e:  # not an image
-                raise GzooError(f"image {path} cannot be read ({e}); images= must be the folder the predictions were made from.") from None
             draw.text((x, y + 2), caption(str(gid), value, caption_font), fill="black", font=caption_font)
-            sheet.paste(Image.fromarray(pixels).resize((TILE, TILE), Image.Resampling.LANCZOS), (x, y + CAPTION))
+            sheet.paste(tile(image_of(found, images, gid), crop), (x, y + CAPTION))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
+    return out
+
+
+def tile(path: Path, crop: float = 0.5, side: int = TILE) -> Image.Image:
+    """The central ``crop`` of an image file as a ``side`` x ``side`` tile (an unreadable file: a GzooError naming it)."""
+    try:
+        pixels = central_crop(load_image(path), crop)
+    except GzooError:
+        raise  # a FITS file without astropy: its own sentence
+    except Exception as e:  # not an image
+        raise GzooError(f"image {path} cannot be read ({e}); images= must be the folder or catalogue the galaxies were read from.") from None
+    return Image.fromarray(pixels).resize((side, side), Image.Resampling.LANCZOS)
+
+
+def find_images(images: Path, ids: list, id_column: str = "id_str", file_column: str = "file_loc") -> dict:
+    """The image file of each of ``ids``: from a folder of <id>.<ext> files (subfolders too) or a catalogue (.csv,
+    .parquet; its ``id_column`` and ``file_column``, relative paths from its folder). A galaxy not found is a GzooError."""
+    images = Path(images).expanduser()
+    wanted = {galaxy_id(i) for i in ids}
+    if images.is_dir():
+        from gzoo.inference import list_images
+
+        paths, names = list_images(images)
+        found = {galaxy_id(n): p for n, p in zip(names, paths) if galaxy_id(n) in wanted}
+    elif images.suffix.lower() in (".csv", ".parquet") and images.is_file():
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        try:
+            if images.suffix.lower() == ".parquet":
+                table = pq.read_table(images, columns=[id_column, file_column])
+            else:
+                table = pcsv.read_csv(images, convert_options=pcsv.ConvertOptions(include_columns=[id_column, file_column], column_types={id_column: "string"}))
+        except Exception as e:  # pyarrow raises several kinds for a missing column or a damaged file
+            raise GzooError(
+                f"catalogue {images} cannot be read for columns {id_column} and {file_column} ({str(e).splitlines()[0]}); images= must be a catalogue with them."
+            ) from None
+        found = {}
+        for gid, file in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+            key = galaxy_id(gid)
+            if key in wanted and key not in found and file:
+                path = Path(file)
+                found[key] = path if path.is_absolute() else images.parent / path
+    else:
+        raise GzooError(f"images={images} not found; give the folder of images or the catalogue (.csv, .parquet) the galaxies were read from.")
+    absent = [i for i in ids if galaxy_id(i) not in found]
+    if absent:
+        raise GzooError(f"galaxy {absent[0]} has no image in {images}; images= must be the folder or catalogue the embeddings were made from.")
+    return {i: found[galaxy_id(i)] for i in ids}
+
+
+def draw_sheet(rows: list[tuple[str, list[tuple[Any, str, str | None]]]], out: Path, crop: float = 0.5, lines: int = 1) -> Path:
+    """A PNG of rows of captioned tiles, each row under its title: ``rows`` is [(title, [(image file or tile,
+    caption, frame colour or None), ...]), ...]; ``lines`` of caption per tile. Written atomically."""
+    from gzoo.io import atomic_open
+
+    cols = max(len(tiles) for _, tiles in rows)
+    cell_w, cell_h = TILE + GAP, CAPTION * lines + TILE + GAP
+    row_h = TITLE + cell_h
+    sheet = Image.new("RGB", (cols * cell_w + GAP, len(rows) * row_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    title_font, caption_font = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
+    for r, (title, tiles) in enumerate(rows):
+        y0 = r * row_h
+        draw.text((GAP, y0 + 5), title, fill="black", font=title_font)
+        for j, (image, text, frame) in enumerate(tiles):
+            x, y = j * cell_w + GAP, y0 + TITLE
+            draw.multiline_text((x, y + 2), text, fill="black", font=caption_font, spacing=3)
+            picture = image if isinstance(image, Image.Image) else tile(image, crop)
+            sheet.paste(picture, (x, y + CAPTION * lines))
+            if frame:
+                draw.rectangle([x - 2, y + CAPTION * lines - 2, x + TILE + 1, y + CAPTION * lines + TILE + 1], outline=frame, width=3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "wb") as f:
+        sheet.save(f, format="PNG")
     return out
 
 

@@ -6,7 +6,8 @@ all run their networks here, so an image is seen the same way everywhere:
     views      tta_angles (whole-image rotations before the crop), dihedral_views (the 8 right-angle views,
                made on the device from the cropped uint8 batch; the feature cache takes them too)
     batches    image_dataset (unlabelled images as the network sees them), predict_loader (predictions or
-               pooled features, averaged over the views), predict_images (an (N, 37) array)
+               pooled features, averaged over the views, and the answers' spreads: gzoo.uncertainty),
+               predict_images (an (N, 37) array)
     arrays     predict_arrays (answers and/or pooled features of many images, the unreadable ones listed), id_column_name
     sources    list_images (a folder), image_files (given files), image_source (whatever the Python API is given)
 """
@@ -32,6 +33,8 @@ from gzoo.images import FITS_SUFFIXES, IMAGE_SUFFIXES, FitsStretch, GalaxyId, Im
 from gzoo.log import say
 from gzoo.net import GalaxyNet
 from gzoo.transforms import eval_transform
+from gzoo.uncertainty import SAMPLES, spread
+from gzoo.uncertainty import check as check_uncertainty
 
 # ----------------------------------------------------------------------------- views
 
@@ -69,7 +72,14 @@ def image_dataset(
 
 @torch.no_grad()
 def predict_loader(
-    net: GalaxyNet, loader: DataLoader, tta: int = 1, precision: str = "auto", progress: bool = False, outputs: str = "predictions"
+    net: GalaxyNet,
+    loader: DataLoader,
+    tta: int = 1,
+    precision: str = "auto",
+    progress: bool = False,
+    outputs: str = "predictions",
+    uncertainty: Sequence[str] = (),
+    samples: int = SAMPLES,
 ) -> Iterator[dict]:
     """Predictions batch by batch, in the loader's order: each batch's dict with "pred" (B, 37) float64
     averaged over the views (NaN rows for unreadable images, whose reason is under "error").
@@ -77,14 +87,18 @@ def predict_loader(
     The loader's items carry views (B, V, 3, S, S) (see GalaxyZooDataset); tta=8 adds the
     8 right-angle views on the device. ``outputs``: "predictions" ("pred"), "embeddings" ("features":
     the pooled body features (B, F), GalaxyNet.features) or "both", from one pass of the body; each
-    averaged over the views the same way.
+    averaged over the views the same way. ``uncertainty``: spreads of gzoo.uncertainty.METHODS, under "std" as
+    {method: (B, 37) standard deviations} from the same pass ("dropout" and "both" run the tail ``samples`` times
+    more on its features); the answers "pred" are the same with or without them.
     """
     if outputs not in OUTPUTS:
         raise GzooError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}.")
     if tta < 1:
         raise GzooError(f"tta must be a number of views >= 1, got {tta}.")
+    check_uncertainty(uncertainty, tta, outputs, net.dropout_p)
     device = next(net.parameters()).device
     net.eval()
+    masks = net.dropout_masks(samples).to(device) if set(uncertainty) - {"views"} else None
     desc = f"{'embedding' if outputs == 'embeddings' else 'predicting'} (tta={tta})"
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress) as bar:  # type: ignore[arg-type]  # torch types Dataset without __len__; gzoo's have one
         for batch in loader:
@@ -95,6 +109,7 @@ def predict_loader(
             with autocast(device, precision):
                 features = net.features(x)
                 pred = net.from_features(features) if outputs != "embeddings" else None
+                draws = net.sample_from_features(features, masks) if masks is not None else None
             errors = list(batch.get("error", [""] * len(views)))
             bad = [bool(e) for e in errors]
             out = {**batch, "error": errors}
@@ -102,6 +117,13 @@ def predict_loader(
                 if value is not None:
                     out[key] = value.double().view(len(views), -1, value.shape[-1]).mean(dim=1).cpu().numpy()
                     out[key][bad] = np.nan
+            if uncertainty:
+                assert pred is not None  # check_uncertainty: answers are predicted
+                per_view = pred.double().view(len(views), -1, pred.shape[-1])  # (B, V, L)
+                drawn = draws.double().view(len(draws), *per_view.shape) if draws is not None else None  # (K, B, V, L)
+                out["std"] = {m: spread(per_view, drawn, m).cpu().numpy() for m in uncertainty}
+                for std in out["std"].values():
+                    std[bad] = np.nan
             bar.update(len(views))
             yield out
 
@@ -159,12 +181,15 @@ def predict_arrays(
     outputs: str = "predictions",
     fits: FitsOptions | FitsStretch | None = None,
     bar: tqdm | None = None,
+    uncertainty: str = "none",
+    samples: int = SAMPLES,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[Path | str, str]]]:
     """The network's outputs for image files (or decoded RGB uint8 arrays), in the order given: {"pred": (N, labels)
     and/or "features": (N, F)} (see :func:`predict_loader`'s ``outputs``; rows of unreadable images left out), which
     of the N were readable, and the unreadable ones (path, or "array <position>", and the reason). An image the
     dataset cannot decode or transform (a broken file, one too small to crop) is an error naming it, or with
     ``on_bad_image="skip"`` left out and listed. ``bar``: a progress bar to advance by each batch's images.
+    ``uncertainty`` (one of gzoo.uncertainty.METHODS, or "none"): also "std", (N, labels), that spread of each answer.
 
     Survey-scale prediction (gzoo.survey: the prediction and embedding tools, the Python API) runs each part here.
     """
@@ -177,7 +202,8 @@ def predict_arrays(
     values: dict[str, list[np.ndarray]] = {}
     good: list[bool] = []
     skipped: list[tuple[Path | str, str]] = []
-    for batch in predict_loader(net, loader, tta, precision, outputs=outputs):
+    spreads = [uncertainty] if uncertainty != "none" else []
+    for batch in predict_loader(net, loader, tta, precision, outputs=outputs, uncertainty=spreads, samples=samples):
         for j, error in zip(batch["id"].tolist(), batch["error"]):
             if error and on_bad_image == "error":
                 raise GzooError(f"image {names[j]} cannot be read ({error}); replace or remove it, or pass on_bad_image=skip to leave it out.")
@@ -186,11 +212,13 @@ def predict_arrays(
         for key in ("pred", "features"):
             if key in batch:
                 values.setdefault(key, []).append(batch[key])
+        if spreads:
+            values.setdefault("std", []).append(batch["std"][uncertainty])
         if bar is not None:
             bar.update(len(batch["error"]))
     kept = np.asarray(good, dtype=bool)
-    widths = {"pred": len(net.labels), "features": net.body.num_features}
-    keys = [k for k, o in (("pred", "embeddings"), ("features", "predictions")) if outputs != o]
+    widths = {"pred": len(net.labels), "features": net.body.num_features, "std": len(net.labels)}
+    keys = [k for k, o in (("pred", "embeddings"), ("features", "predictions")) if outputs != o] + (["std"] if spreads else [])
     return {k: (np.concatenate(values[k]) if values.get(k) else np.empty((0, widths[k])))[kept] for k in keys}, kept, skipped
 
 

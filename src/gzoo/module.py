@@ -131,6 +131,9 @@ class GalaxyZooModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.net.head = checkpoint.get("active_head", self.hparams.head)
+        # The intervals' calibration belongs to these weights: read, never saved again (a checkpoint of weights trained
+        # further gets its own at the end of its run; see gzoo.train.calibrate).
+        self.net.calibration = checkpoint.get("gzoo_calibration")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """data.augment_on=device: a training batch's frames are warped here, on the device (device_augment.py)."""
@@ -185,7 +188,10 @@ NETWORK_KEYS |= {"crop_fraction": "data.crop_fraction"}
 #: GalaxyZooModule, its weights named ``net.body.*`` (the timm body) and ``net.tail.*``, its hyper_parameters the
 #: constructor's arguments (timm_name, image_size, hidden, head, labels, crop_fraction, mean, std, ...), plus
 #: "gzoo_split" (gzoo.data.split.RecordSplit), "active_head", "gzoo_format" and "gzoo_version"; hyper_parameters["fits"]
-#: records how FITS cutouts became images (gzoo.fits.FitsOptions; absent before gzoo recorded it: read as the GZ2 preset). Change the layout, and this
+#: records how FITS cutouts became images (gzoo.fits.FitsOptions; absent before gzoo recorded it: read as the GZ2 preset).
+#: best.ckpt may hold "gzoo_calibration" (gzoo.uncertainty.calibration: the scales of the answers' intervals, fitted on the
+#: validation split at the end of training; absent in a checkpoint made before, or without a validation split: then
+#: gzoo.predict writes spreads without intervals). Change the layout, and this
 #: number goes up, with a rule in checkpoint_format for the formats it can still read.
 CHECKPOINT_FORMAT = 2
 

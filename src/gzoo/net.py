@@ -5,6 +5,8 @@
     body    timm.create_model(name, num_classes=0): global-average-pooled features
     tail    dropout 0.5 -> dense 64 + ReLU -> dense 37
     head    sigmoid (the paper's 37 independent sigmoids) or the decision tree (see heads.py)
+    spread  sample_from_features: the tail and head again with fixed dropout masks (dropout_masks), on the features
+            of one pass of the body: the answers' spread (gzoo.uncertainty)
 
 From Python, use GalaxyNet to predict or to get features; GalaxyZooModule (module.py) wraps
 it for training with Lightning (loss, metrics, freezing, optimiser).
@@ -121,6 +123,7 @@ class GalaxyNet(nn.Module):
         # For uint8 batches; not saved in checkpoints: they follow from mean and std.
         self.register_buffer("pixel_mean", torch.tensor(self.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.std, dtype=torch.float32), persistent=False)
+        self.calibration: dict | None = None  # the intervals' calibration a checkpoint holds (gzoo.uncertainty; set by loading one)
 
     def features(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) images -> (B, F) pooled body features (uint8 images are normalised first)."""
@@ -137,6 +140,26 @@ class GalaxyNet(nn.Module):
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) pooled body features -> (B, 37) vote fractions: the tail and the head."""
         return HEADS[self.head](self.tail(features).float())
+
+    @property
+    def dropout_p(self) -> float:
+        """The rate of the tail's dropout (model.dropout)."""
+        return float(cast(nn.Dropout, self.tail[0]).p)
+
+    def dropout_masks(self, samples: int, seed: int = 0) -> torch.Tensor:
+        """(samples, F) masks of the tail's dropout, scaled by 1 / (1 - p) as training scales them. They are fixed draws (a CPU
+        generator seeded by ``seed``), the same for every galaxy and batch: a galaxy's sampled answers do not depend on
+        what it is batched with, and a rerun gives the same numbers."""
+        p = self.dropout_p
+        keep = torch.rand(samples, self.body.num_features, generator=torch.Generator().manual_seed(seed)) >= p
+        return keep.float() / (1 - p)
+
+    def sample_from_features(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(B, F) pooled body features and (K, F) dropout masks -> (K, B, labels): the tail and head once per mask, the mask
+        in place of the tail's dropout (Monte Carlo dropout on one pass of the body)."""
+        rest = self.tail[1:]  # after the dropout
+        masks = masks.to(features.device, features.dtype)
+        return torch.stack([HEADS[self.head](rest(features * m).float()) for m in masks])
 
     @torch.no_grad()
     def start_at(self, mean: Sequence[float] | np.ndarray, head: str | None = None, eps: float = 1e-3) -> GalaxyNet:

@@ -3,6 +3,7 @@ shared out over SLURM array tasks and over processes (GPUs, nodes) by Lightning.
 
     python -m gzoo.predict ckpt=C images=SOURCE out=OUT [outputs=both] [shard=i/n] [devices=4] ...
     python -m gzoo.embed   ckpt=C images=SOURCE out=OUT ...                  (the same, outputs=embeddings)
+    python -m gzoo.predict ... uncertainty=dropout [intervals=[68,90]]       (each answer's spread and intervals)
 
 SOURCE is a folder of images (subfolders too; ids from the file names) or a catalogue, .csv or .parquet,
 with an id column and a file column (``id_str`` and ``file_loc``, galaxy-datasets' names, as training's
@@ -19,6 +20,11 @@ that change the numbers, and the source (rows and a digest of its ids and files)
                                                           pyarrow and DuckDB read them as one table
     out=FILE.parquet or FILE.csv                          parts go to the hidden folder .FILE.parts/ beside FILE,
                                                           and are merged into FILE (atomically) when all are done
+
+With ``uncertainty=`` (dropout, views or both; gzoo.uncertainty) each answer gets its spread, ``<answer>_std``, and,
+when the checkpoint holds a calibration of that spread at that tta (training makes one on its validation split),
+the central intervals of ``intervals`` (``<answer>_lo90``, ``<answer>_hi90``), after the answers; the answers
+themselves are the same with or without it.
 
 Resume: the same command after a kill (SIGKILL, SIGTERM, a lost node) skips the parts that are done and does the
 rest; the output equals an uninterrupted run's (bit for bit on the CPU: a part's batches do not depend on what
@@ -69,6 +75,8 @@ from gzoo.inference import OUTPUTS, id_column_name, image_source, list_images, p
 from gzoo.io import atomic_open, output_lock, write_failure
 from gzoo.log import say, warn
 from gzoo.net import GalaxyNet
+from gzoo.uncertainty import LEVELS, METHODS, SAMPLES, bounds, stated_scales
+from gzoo.uncertainty import check as check_uncertainty
 
 #: The version of the parts' layout, in the manifest.
 PARTS_FORMAT = 1
@@ -124,6 +132,20 @@ class SurveyOptions:
     device: str = option("auto", "auto (the GPU if there is one), cpu, cuda, cuda:1 ...")
     precision: str = option("auto", "auto = bf16-mixed on a GPU that has it, else 32-true", choices=PRECISIONS)
     progress: bool = option(True, "show a progress bar")
+    uncertainty: str = option(
+        "none",
+        "a spread for every answer, Class1.1_std ...: dropout = the tail's dropout sampled `samples` times on one pass of the body; "
+        "views = the spread of the tta views (tta >= 2); both = every view with every dropout sample",
+        choices=("none", *METHODS),
+    )
+    samples: int = option(SAMPLES, "dropout samples per galaxy for uncertainty=dropout or both (only the tail runs again: cheap)", low=2)
+    intervals: list[int] = option(
+        [90],
+        "with uncertainty=, the central intervals written per answer (Class1.1_lo90, Class1.1_hi90 ...) when the checkpoint holds a "
+        "calibration of that spread at that tta (training makes one for dropout at tta=1, and at tta=8 with tta8_at_end); [] for none",
+        valid=lambda v: all(level in LEVELS for level in v),
+        must=f"a list of levels (in %) among {', '.join(map(str, LEVELS))}",
+    )
     fits: FitsOptions = field(default_factory=FitsOptions)  # how FITS cutouts become images: the checkpoint's, but for the fits.* given
 
 
@@ -263,13 +285,17 @@ def launch(devices: int, num_nodes: int, device: str) -> tuple[int, int, str]:
 def part_table(net: GalaxyNet, chunk: Chunk, id_name: str, id_type: pa.DataType, o: SurveyOptions, bar: tqdm | None = None) -> tuple[pa.Table, list]:
     """One part: the id column, the carried columns, then the answers and/or the embedding, one row per readable
     image in the chunk's order; and the unreadable ones (with on_bad_image=skip)."""
-    values, good, skipped = predict_arrays(net, chunk.files, o.tta, o.batch_size, o.num_workers, o.on_bad_image, o.precision, o.outputs, o.fits, bar)
+    values, good, skipped = predict_arrays(
+        net, chunk.files, o.tta, o.batch_size, o.num_workers, o.on_bad_image, o.precision, o.outputs, o.fits, bar, o.uncertainty, o.samples
+    )
     ids = [i for i, g in zip(chunk.ids, good) if g]
     columns: dict[str, pa.Array] = {id_name: pa.array(ids, type=id_type)}
     carried = chunk.carry.filter(pa.array(good, type=pa.bool_())) if chunk.carry.num_columns else chunk.carry
     columns |= {name: carried.column(name).combine_chunks() for name in carried.column_names}
     if "pred" in values:
         columns |= {label: pa.array(values["pred"][:, j].astype(np.float32)) for j, label in enumerate(net.labels)}
+    if "std" in values:
+        columns |= spread_columns(net, values["pred"], values["std"], o)
     if "features" in values:
         feats = values["features"].astype(o.embedding_dtype)
         if o.embedding_layout == "list":
@@ -279,8 +305,36 @@ def part_table(net: GalaxyNet, chunk: Chunk, id_name: str, id_type: pa.DataType,
     return pa.table(columns), skipped
 
 
+def spread_columns(net: GalaxyNet, pred: np.ndarray, std: np.ndarray, o: SurveyOptions) -> dict[str, pa.Array]:
+    """Each answer's spread (<answer>_std) and, when the checkpoint's calibration has a fit for this spread at this tta,
+    its intervals (<answer>_lo90, <answer>_hi90 ...: see gzoo.uncertainty), answer by answer."""
+    fit, _ = stated_scales(net.calibration, o.uncertainty, o.tta) if o.intervals else (None, "")
+    bounds_at = {level: bounds(pred, std, fit["scale"][str(level)], fit["floor"]) for level in o.intervals} if fit else {}
+    columns: dict[str, pa.Array] = {}
+    for j, label in enumerate(net.labels):
+        columns[f"{label}_std"] = pa.array(std[:, j].astype(np.float32))
+        for level, (lo, hi) in bounds_at.items():
+            columns[f"{label}_lo{level}"], columns[f"{label}_hi{level}"] = pa.array(lo[:, j].astype(np.float32)), pa.array(hi[:, j].astype(np.float32))
+    return columns
+
+
+def check_spread(net: GalaxyNet, o: SurveyOptions) -> None:
+    """uncertainty= can be given (before any work), and what its columns will be is said once."""
+    if o.uncertainty == "none":
+        return
+    check_uncertainty([o.uncertainty], o.tta, o.outputs, net.dropout_p)
+    fit, why = stated_scales(net.calibration, o.uncertainty, o.tta) if o.intervals else (None, "intervals=[]")
+    if fit is None and o.intervals:
+        warn(f"writing each answer's spread (<answer>_std) but no intervals: {why}")
+    elif fit is not None:
+        say(
+            f"each answer's spread and its {', '.join(f'{v} %' for v in o.intervals)} intervals, calibrated on the run's validation galaxies (uncertainty={o.uncertainty}, tta={o.tta})"
+        )
+
+
 def run_parts(net: GalaxyNet, source: Source, o: SurveyOptions) -> Iterator[tuple[Chunk, pa.Table, list]]:
     """Every part of ``source``, in order, in memory: what the Python API returns when it is given no out."""
+    check_spread(net, o)
     with tqdm(total=source.rows, desc=_bar_name(o), unit="img", disable=not o.progress) as bar:
         for chunk in source.chunks(o.part_size):
             table, skipped = part_table(net, chunk, source.id_name, source.id_type, o, bar)
@@ -315,6 +369,8 @@ def identity(o: SurveyOptions, checkpoint: str, source: Source) -> dict:
         "carry": list(o.carry),
         "source_rows": source.rows,
         "source_digest": source.digest,
+        # only when asked, so that the parts of a run made before these options keep their fingerprint
+        **({"uncertainty": o.uncertainty, "samples": o.samples, "intervals": list(o.intervals)} if o.uncertainty != "none" else {}),
     }
 
 
@@ -331,8 +387,9 @@ def _difference(old: dict, new: dict) -> str:
 class Parts:
     """A folder of parts and its manifest: which parts are done, writing one, the summary of unreadable images, the merge."""
 
-    def __init__(self, folder: Path, made_by: dict, rows: int, what: str):
+    def __init__(self, folder: Path, made_by: dict, rows: int, what: str, source: dict | None = None):
         self.folder, self.made_by, self.rows, self.what = folder, made_by, rows, what
+        self.source = source or {}  # where the images came from (galleries of the parts' galaxies read it); not part of made_by
         self.fingerprint = _fingerprint(made_by)
         self.count = math.ceil(rows / made_by["part_size"])
 
@@ -360,6 +417,7 @@ class Parts:
                 "rows": self.rows,
                 "made_by": self.made_by,
                 "fingerprint": self.fingerprint,
+                **self.source,
             }
             with atomic_open(manifest) as f:
                 json.dump(record, f, indent=1)
@@ -459,7 +517,9 @@ def run(o: SurveyOptions, what: str = "predictions") -> Path:
     from gzoo.module import load_net
 
     net = load_net(o.ckpt, device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)
-    parts = Parts(folder, identity(o, file_sha256(o.ckpt), source), source.rows, what)
+    check_spread(net, o)
+    where = {"source": str(Path(o.images).expanduser().absolute()), "file_column": o.file_column}
+    parts = Parts(folder, identity(o, file_sha256(o.ckpt), source), source.rows, what, where)
     worker, workers = shard * world + rank, shards * world
     mine = [k for k in range(parts.count) if k % workers == worker]
     share = f" (shard {shard}/{shards}" + (f", rank {rank}/{world}" if world > 1 else "") + ")" if workers > 1 else ""

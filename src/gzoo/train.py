@@ -41,12 +41,13 @@ from gzoo.device import PRECISIONS
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.feature_cache import feature_datamodule
 from gzoo.inference import predict_loader
-from gzoo.io import atomic_open, atomic_write_text, check_writable, folder_in_use
+from gzoo.io import atomic_open, atomic_torch_save, atomic_write_text, check_writable, folder_in_use, write_failure
 from gzoo.log import error, logger, say, warn
 from gzoo.metrics import baseline_rmse, rmse
 from gzoo.module import NETWORK_KEYS, GalaxyZooModule, load_net, network_of, read_checkpoint
 from gzoo.options import RunOptions, check_run_options
 from gzoo.run_guard import AtomicCheckpointIO, RunGuard, StopOnSignal
+from gzoo.uncertainty import SAMPLES, calibration
 
 CONF = Path(__file__).parent / "conf"
 
@@ -349,9 +350,10 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
         metrics["test/rmse"] = float(result["test/rmse"])
         metrics["test/rmse_baseline"] = baseline_rmse(dm.train_mean(), dm.labels("test"))
     metrics["best_checkpoint"] = str(ckpt.best_model_path) if ckpt else ""
-    if cfg.get("tta8_at_end", False) and writer and metrics["best_checkpoint"] and len(dm.ids("val")):
-        metrics["val/rmse_tta8"] = tta8_rmse(Path(metrics["best_checkpoint"]), dm, trainer.strategy.root_device, str(cfg.trainer.precision))
-        for lg in trainer.loggers:
+    if writer and metrics["best_checkpoint"] and len(dm.ids("val")):
+        tta8 = bool(cfg.get("tta8_at_end", False))
+        metrics |= calibrate(Path(metrics["best_checkpoint"]), dm, trainer.strategy.root_device, str(cfg.trainer.precision), tta8)
+        for lg in trainer.loggers if tta8 else []:
             lg.log_metrics({"val/rmse_tta8": metrics["val/rmse_tta8"]}, step=trainer.global_step)
     metrics["history"] = history.epochs
     if writer:
@@ -370,12 +372,37 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
     return metrics
 
 
-def tta8_rmse(ckpt: Path, dm: GalaxyZooDataModule, device: torch.device, precision: str) -> float:
-    """The validation RMSE of a checkpoint averaged over the 8 right-angle views of each galaxy (val/rmse_tta8)."""
+def calibrate(ckpt: Path, dm: GalaxyZooDataModule, device: torch.device, precision: str, tta8: bool) -> dict[str, float]:
+    """Calibrate the answers' intervals on the validation split and store them in ``ckpt`` (gzoo.uncertainty.calibration):
+    the dropout spread at tta=1 and, with ``tta8``, every spread at tta=8, whose pass also gives the validation RMSE
+    averaged over the 8 right-angle views (returned as val/rmse_tta8). A failed write is said; the checkpoint stays as it was."""
     net = load_net(ckpt, str(device))
-    loader = dm.loader("val", views=(0.0,))
-    pred = np.concatenate([b["pred"] for b in predict_loader(net, loader, tta=8, precision=precision if precision in PRECISIONS else "32-true")])
-    return rmse(pred, dm.labels("val"))
+    precision = precision if precision in PRECISIONS else "32-true"
+    true, out = dm.labels("val"), {}
+    sampled = ["dropout", "both"] if net.dropout_p > 0 else []
+    fits: list[tuple[str, int, int, np.ndarray, np.ndarray]] = []
+    for tta, methods in [(1, sampled[:1]), *([(8, [*sampled[:1], "views", *sampled[1:]])] if tta8 else [])]:
+        if not methods and tta == 1:
+            continue
+        batches = list(predict_loader(net, dm.loader("val", views=(0.0,)), tta=tta, precision=precision, uncertainty=methods))
+        pred = np.concatenate([b["pred"] for b in batches])
+        if tta == 8:
+            out["val/rmse_tta8"] = rmse(pred, true)
+        fits += [(m, tta, SAMPLES, pred, np.concatenate([b["std"][m] for b in batches])) for m in methods]
+    if not fits:
+        return out
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    checkpoint["gzoo_calibration"] = calibration(true, fits, net.labels)
+    try:
+        atomic_torch_save(checkpoint, ckpt)
+    except OSError as e:
+        warn(f"{write_failure(e, ckpt, 'the calibration of the intervals')}; gzoo.predict uncertainty= will write spreads without intervals")
+        return out
+    said = ", ".join(f"{m} at tta={t}" for m, t, *_ in fits)
+    say(
+        f"each answer's intervals calibrated on the {len(true)} validation galaxies ({said}) and stored in {ckpt.name}: python -m gzoo.predict uncertainty=... writes them"
+    )
+    return out
 
 
 def help_text(argv: list[str]) -> str:

@@ -96,14 +96,15 @@ from gzoo.images import load_image
 from gzoo.log import say
 from gzoo.metrics import masked_mse
 from gzoo.net import GalaxyNet, backbone_norm
-from gzoo.options import DataOptions, OptimOptions
+from gzoo.optim import check as check_optim
+from gzoo.options import DataOptions
 from gzoo.tools.reference_transform import reference_train_transform
 from gzoo.train import CONF
 from gzoo.transforms import eval_transform, train_transform
 
 MODEL_CONF = CONF / "model"
 SEED = 0  # the augmentation's and the shuffle's seed, as a run's seed
-LR = OptimOptions.lr  # optim=paper's lr (gzoo/options.py)
+LR = float(check_optim({})["lr"])  # optim=paper's lr (gzoo/options.py; a finetune without the feature cache)
 
 
 @dataclass
