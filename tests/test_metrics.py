@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gzoo import schema
-from gzoo.metrics import MaskedRMSE, baseline_rmse, masked_mse, rmse, rmse_table
+from gzoo.heads import tree_head
+from gzoo.metrics import MaskedRMSE, baseline_rmse, masked_mse, rmse, rmse_table, tree_cross_entropy
 
 
 def test_masked_cells_change_neither_loss_nor_metric():
@@ -57,3 +58,37 @@ def test_baseline_predicts_the_training_mean_for_every_galaxy():
     true, train_mean = rng.random((15, 37)), rng.random(37)
     assert baseline_rmse(train_mean, true) == pytest.approx(np.sqrt(((true - train_mean) ** 2).mean()), rel=1e-12)
     assert baseline_rmse(true.mean(axis=0), true) < baseline_rmse(train_mean, true)  # the mean is the best constant
+
+
+def tree_consistent_target() -> torch.Tensor:
+    """One galaxy's 37 Kaggle fractions, each question's answers summing to its parent column (or 1)."""
+    answers = {
+        1: (0.2, 0.7, 0.1), 2: (0.1, 0.6), 3: (0.2, 0.4), 4: (0.3, 0.3), 5: (0.0, 0.3, 0.3, 0.0), 6: (0.3, 0.7),
+        7: (0.1, 0.1, 0.0), 8: (0.3, 0, 0, 0, 0, 0, 0), 9: (0.1, 0.0, 0.0), 10: (0.3, 0.0, 0.0), 11: (0.0, 0.3, 0, 0, 0, 0),
+    }  # fmt: skip
+    target = torch.tensor([v for q in schema.QUESTIONS for v in answers[q.number]], dtype=torch.float64)
+    assert np.abs(schema.tree_residuals(target.numpy()[None])).max() < 1e-12
+    return target
+
+
+def test_soft_label_cross_entropy_equals_the_hand_computed_value():
+    """Galaxy A: Q1, Q2 and Q6 known (Q3 half known, so left out); galaxy B: nothing known (not in the mean).
+    The prediction is the tree head's: uniform shares everywhere except Q1, whose logits (ln 2, 0, 0) give (1/2, 1/4, 1/4).
+    By hand: Q1 -(0.2 ln 1/2 + 0.7 ln 1/4 + 0.1 ln 1/4) = 1.8 ln 2; Q2 -(0.1 + 0.6) ln 1/2 = 0.7 ln 2 (its parent's 0.7
+    weighs the distribution (1/7, 6/7)); Q6 -(0.3 + 0.7) ln 1/2 = ln 2. In all 3.5 ln 2, over one counted galaxy."""
+    target = torch.stack([tree_consistent_target(), torch.rand(37, dtype=torch.float64)])
+    mask = torch.zeros(2, 37, dtype=torch.float64)
+    for name in ["Class1.1", "Class1.2", "Class1.3", "Class2.1", "Class2.2", "Class3.1", "Class6.1", "Class6.2"]:
+        mask[0, schema.COLUMN_INDEX[name]] = 1
+    raw = torch.zeros(2, 37, dtype=torch.float64)
+    raw[:, 0] = math.log(2)
+    pred = tree_head(raw)
+    assert tree_cross_entropy(pred, target, mask).item() == pytest.approx(3.5 * math.log(2), rel=1e-9)
+    # a tree-consistent prediction equal to the target scores less than the uniform one (each question's cross-entropy is
+    # least at the volunteers' distribution), and the gradient reaches the raw outputs
+    full = torch.ones(1, 37, dtype=torch.float64)
+    raw_t = torch.zeros(1, 37, dtype=torch.float64, requires_grad=True)
+    loss = tree_cross_entropy(tree_head(raw_t), target[:1], full)
+    loss.backward()
+    assert raw_t.grad is not None and raw_t.grad.abs().max() > 0
+    assert tree_cross_entropy(target[:1], target[:1], full) < loss

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from gzoo import weights
 from gzoo.errors import GzooError
-from gzoo.metrics import masked_mse
+from gzoo.metrics import masked_mse, tree_cross_entropy
 from gzoo.module import GalaxyZooModule
 
 TINY = dict(timm_name="test_efficientnet", pretrained=False, image_size=32)
@@ -178,3 +178,18 @@ def test_training_brightness_is_applied_on_the_device_before_normalising():
     assert torch.allclose(m._step(batch, m.train_rmse), expected, atol=1e-6)
     with pytest.raises(GzooError, match="uint8 batches only"):
         m(by_hand, b)
+
+
+def test_soft_ce_loss_needs_the_tree_head_and_trains_with_it():
+    with pytest.raises(GzooError, match=r"optim.loss=soft_ce .* needs the 37 Kaggle answers and model.head=tree from the first epoch \(here head=sigmoid"):
+        GalaxyZooModule(**TINY, optim={"loss": "soft_ce"})
+    with pytest.raises(GzooError, match=r"tree_after_epochs=2"):
+        GalaxyZooModule(**TINY, head="tree", tree_after_epochs=2, optim={"loss": "soft_ce"})
+    m = GalaxyZooModule(**TINY, head="tree", optim={"loss": "soft_ce"})
+    batch = next(iter(fake_batches(8, 8)))
+    expected = tree_cross_entropy(m.eval()(batch["image"]), batch["target"], batch["mask"])
+    assert m._step(batch, m.val_rmse).item() == pytest.approx(expected.item(), rel=1e-6)  # the step's loss is the soft-label one
+    assert abs(expected.item() - masked_mse(m(batch["image"]), batch["target"], batch["mask"]).item()) > 0.1
+    before = copy.deepcopy(m.net.tail.state_dict())
+    trainer, _ = fit_few_steps(m)
+    assert trainer.global_step == 6 and any(not torch.equal(v, before[k]) for k, v in m.net.tail.state_dict().items())

@@ -42,6 +42,27 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp_min(1)
 
 
+def tree_cross_entropy(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """The per-question soft-label cross-entropy (``optim.loss=soft_ce``, for the tree head's 37 answers).
+
+    Each question's predicted answers, divided by their sum, are a distribution (the tree head's softmax
+    over that question); the target's answers sum to the fraction of volunteers who were asked it (the
+    parent's, 1 for Q1 and Q6). The loss is -sum over questions and answers of target x log(predicted
+    share): each question's cross-entropy against the volunteers' answer distribution, weighted by the
+    share of volunteers asked it. A question counts only where every one of its answers is known (mask 1);
+    the sum is divided by the number of galaxies with at least one such question.
+    """
+    total = pred.new_zeros(())
+    counted = torch.zeros(len(pred), dtype=torch.bool, device=pred.device)
+    for _, sl in schema.question_slices():
+        known = mask[:, sl].bool().all(dim=1)
+        share = pred[:, sl] / pred[:, sl].sum(dim=1, keepdim=True).clamp_min(eps)
+        ce = -(target[:, sl] * torch.log(share.clamp_min(eps))).sum(dim=1)
+        total = total + torch.where(known, ce, torch.zeros_like(ce)).sum()
+        counted |= known
+    return total / counted.sum().clamp_min(1)
+
+
 def rmse(pred: np.ndarray, true: np.ndarray) -> float:
     """RMSE of ``pred`` over the known (non-NaN) cells of ``true``; NaN where none is known."""
     true_t = torch.as_tensor(np.array(true, dtype=np.float64))

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 import lightning as L
 import torch
 
+from gzoo import schema
 from gzoo.device import resolve_device
 from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.fits import options_record
 from gzoo.log import say
-from gzoo.metrics import MaskedRMSE, masked_mse
+from gzoo.metrics import MaskedRMSE, masked_mse, tree_cross_entropy
 from gzoo.net import GalaxyNet
 from gzoo.optim import check as check_optim
 from gzoo.optim import configure as configure_optim
@@ -67,6 +68,11 @@ class GalaxyZooModule(L.LightningModule):
         if tree_after_epochs < 0:
             raise GzooError(f"model.tree_after_epochs must be >= 0, got {tree_after_epochs}.")
         optim = check_optim(dict(optim or {}))
+        if optim["loss"] == "soft_ce" and (head != "tree" or tree_after_epochs > 0 or not schema.is_gz2(schema.label_columns(labels))):
+            raise GzooError(
+                "optim.loss=soft_ce treats each question's answers as a distribution, so it needs the 37 Kaggle answers and "
+                f"model.head=tree from the first epoch (here head={head}, tree_after_epochs={tree_after_epochs})."
+            )
         self.save_hyperparameters(logger=False)
         self.hparams.optim = optim  # the run logs the whole resolved config instead
         self.hparams.fits = options_record(fits)  # how FITS cutouts became images (data.fits): prediction makes them the same way
@@ -144,7 +150,10 @@ class GalaxyZooModule(L.LightningModule):
             pred = self.net.from_features(batch["features"])
         else:
             pred = self.net(batch["image"], batch.get("brightness"))
-        loss = masked_mse(pred, batch["target"], batch["mask"])
+        if self.hparams.optim["loss"] == "soft_ce":
+            loss = tree_cross_entropy(pred, batch["target"], batch["mask"])
+        else:
+            loss = masked_mse(pred, batch["target"], batch["mask"])
         metric.update(pred.detach(), batch["target"], batch["mask"])
         return loss
 

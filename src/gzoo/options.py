@@ -170,6 +170,11 @@ class OptimOptions:
     warmup_epochs: float = option(0.0, "cosine only: linear warmup over this many epochs (may be a fraction)", low=0)
     min_lr_fraction: float = option(0.0, "cosine only: the lr at the end, as a fraction of lr", low=0, high=1)
     layer_decay: float = option(1.0, "< 1: body block k trains at lr x layer_decay^(blocks above it) (fulltune); 1: one lr everywhere", above=0, high=1)
+    loss: str = option(
+        "mse",
+        "mse: squared error over the known cells (the paper's, and the metric's); soft_ce: each question's answers as a distribution, weighted by the parent's fraction (needs model.head=tree)",
+        choices=("mse", "soft_ce"),
+    )
     ema: float = option(0.0, "> 0: validate and save an exponential moving average of the weights with this decay per step, e.g. 0.99; 0: off", low=0, below=1)
 
 
