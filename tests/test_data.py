@@ -96,6 +96,19 @@ def test_split_is_seeded_disjoint_and_complete():
     assert np.array_equal(parts["test"], split_ids(ids, 0.3, 0.1, seed=7)["test"])
 
 
+def test_train_limit_keeps_validation_and_test_and_nests_the_training_galaxies():
+    ids = np.arange(1000, 3000)
+    whole = split_ids(ids, 0.2, 0.1, seed=3)
+    small, large = split_ids(ids, 0.2, 0.1, seed=3, train_limit=250), split_ids(ids, 0.2, 0.1, seed=3, train_limit=1000)
+    assert all(np.array_equal(whole[k], p[k]) for p in (small, large) for k in ("val", "test"))
+    assert (len(small["train"]), len(large["train"])) == (250, 1000)
+    assert set(small["train"]) < set(large["train"]) < set(whole["train"])
+    assert not np.array_equal(small["train"], whole["train"][:250])  # drawn by the seed, not the first ids
+    assert np.array_equal(split_ids(ids, 0.2, 0.1, seed=3, train_limit=1400)["train"], whole["train"])
+    with pytest.raises(GzooError, match=r"data.train_limit=1401, but the split leaves 1400 training galaxies: choose 1 to 1400"):
+        split_ids(ids, 0.2, 0.1, seed=3, train_limit=1401)
+
+
 def test_datamodule_split_ignores_loader_settings_and_limit_takes_first_rows(kaggle_dir):
     a, b = dm_for(kaggle_dir), GalaxyZooDataModule(root=str(kaggle_dir), image_size=64, batch_size=16, num_workers=0, progress=False)
     a.setup(), b.setup()

@@ -143,6 +143,7 @@ def test_a_feature_cached_finetune_killed_by_sigkill_after_its_second_epoch_resu
     [
         ("data.split_seed=7", "was trained with data.split_seed=1234, not 7"),
         ("data.limit=20", "was trained with data.limit=null, not 20"),
+        ("data.train_limit=10", "was trained with data.train_limit=null, not 10"),
         ("data.val_fraction=0.5", "was trained with data.val_fraction=0.25, not 0.5"),
         ("model.image_size=48", "holds a network with model.image_size=32, not 48"),
         ("model.hidden=16", "holds a network with model.hidden=64, not 16"),

@@ -88,6 +88,9 @@ class DataOptions:
     test_fraction: float = option(0.0, "an optional held-out part, scored once at the end with the best checkpoint", low=0, below=1)
     split_seed: int = option(1234, "the split depends only on this and the fractions")
     limit: int | None = option(None, "use only the first N galaxies (quick trials)", low=1)
+    train_limit: int | None = option(
+        None, "train on only N of the split's training galaxies (drawn by split_seed, nested); validation stays the same: a learning curve", low=1
+    )
     batch_size: int = option(70, "galaxies per batch, as in the paper", low=1)
     num_workers: int = option(2, "DataLoader worker processes", low=0)
     persistent_workers: bool = option(True, "keep worker processes between epochs (faster start of each epoch)")

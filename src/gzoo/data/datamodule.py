@@ -69,6 +69,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         test_fraction: float = DataOptions.test_fraction,
         split_seed: int = DataOptions.split_seed,
         limit: int | None = DataOptions.limit,
+        train_limit: int | None = DataOptions.train_limit,
         batch_size: int = DataOptions.batch_size,
         num_workers: int = DataOptions.num_workers,
         persistent_workers: bool = DataOptions.persistent_workers,
@@ -100,7 +101,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         self.root = self.catalog_path.parent if self.catalog_path else Path(root)
         self.labels_path = self.catalog_path or self.root / labels_csv
         self.images_path = self.root / images_dir
-        self.missing_labels, self.limit, self.progress = missing_labels, limit, progress
+        self.missing_labels, self.limit, self.train_limit, self.progress = missing_labels, limit, train_limit, progress
         self.on_bad_image, self.seed = on_bad_image, seed
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
@@ -149,7 +150,7 @@ class GalaxyZooDataModule(L.LightningDataModule):
         if self.skipped:
             catalog = catalog[catalog[schema.ID_COLUMN].isin(self.paths.keys())].reset_index(drop=True)
         ids = catalog[schema.ID_COLUMN].to_numpy()
-        self.splits = split_ids(ids, self.val_fraction, self.test_fraction, self.split_seed)
+        self.splits = split_ids(ids, self.val_fraction, self.test_fraction, self.split_seed, self.train_limit)
         if len(self.splits["train"]) == 0 or (self.val_fraction > 0 and len(self.splits["val"]) == 0):
             raise GzooError(f"{len(ids)} galaxies are too few to split with data.val_fraction={self.val_fraction}; use more data or a larger data.limit.")
         self.splits["all"] = sort_ids(id_array(ids))

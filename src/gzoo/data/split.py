@@ -24,13 +24,17 @@ def _unit_hash(ids: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
+def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0, seed: int = 0, train_limit: int | None = None) -> dict[str, np.ndarray]:
     """Split GalaxyIDs into disjoint train/val/test parts that together cover all of them.
 
     Each id gets a fixed pseudo-random number from (id, seed); ids are ranked by it and
     the first ``test_fraction`` go to test, the next ``val_fraction`` to validation.
     A galaxy's place therefore depends only on the seed and the fractions, not on row
     order, batch size or any other setting.
+
+    ``train_limit`` keeps only the next ``train_limit`` ids of that ranking in train (the rest are
+    in no part): validation and test stay the same, and a smaller limit's training galaxies are
+    among a larger one's (a learning curve's subsets are nested).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise GzooError(f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) and sum to less than 1.")
@@ -38,10 +42,15 @@ def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0, 
     order = np.argsort(_unit_hash(_id_keys(ids), seed), kind="stable")
     n_test = round(len(ids) * test_fraction)
     n_val = round(len(ids) * val_fraction)
+    train = order[n_test + n_val :]
+    if train_limit is not None:
+        if not 1 <= train_limit <= len(train):
+            raise GzooError(f"data.train_limit={train_limit}, but the split leaves {len(train)} training galaxies: choose 1 to {len(train)}, or null for all.")
+        train = train[:train_limit]
     return {
         "test": sort_ids(ids[order[:n_test]]),
         "val": sort_ids(ids[order[n_test : n_test + n_val]]),
-        "train": sort_ids(ids[order[n_test + n_val :]]),
+        "train": sort_ids(ids[train]),
     }
 
 
@@ -75,7 +84,7 @@ def _shown(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
 
 
-SPLIT_KEYS = ("labels_csv", "split_seed", "val_fraction", "test_fraction", "limit")
+SPLIT_KEYS = ("labels_csv", "split_seed", "val_fraction", "test_fraction", "limit", "train_limit")
 
 
 def _catalog(data: DictConfig | dict) -> str | None:
@@ -86,7 +95,7 @@ def _catalog(data: DictConfig | dict) -> str | None:
 def split_record(data: DictConfig | dict) -> dict[str, Any]:
     """What identifies the split of a run's ``data`` node: the data root and labels file (and the file's
     SHA-256, so data moved to another folder is still recognised), your own catalogue and label columns,
-    the split seed, the fractions and the limit."""
+    the split seed, the fractions and the limits."""
     from gzoo.schema import label_columns
 
     labels = Path(data["catalog"]) if data.get("catalog") else Path(data["root"]) / data["labels_csv"]  # your catalogue, or Kaggle's CSV
@@ -99,7 +108,7 @@ def split_record(data: DictConfig | dict) -> dict[str, Any]:
         "labels_sha256": digest.hexdigest(),
         "catalog": _catalog(data),
         "labels": list(label_columns(data.get("labels", "gz2"))),
-        **{k: data[k] for k in SPLIT_KEYS},
+        **{k: data.get(k) for k in SPLIT_KEYS},  # a key a run's config predates (train_limit) is None, its value then
     }
 
 
@@ -109,8 +118,8 @@ def split_mismatch(record: dict[str, Any], data: DictConfig | dict) -> str | Non
     from gzoo.schema import is_gz2, label_columns
 
     for key in SPLIT_KEYS:
-        if record.get(key) != data[key]:
-            return f"data.{key}={_shown(record.get(key))}, not {_shown(data[key])}"
+        if record.get(key) != data.get(key):
+            return f"data.{key}={_shown(record.get(key))}, not {_shown(data.get(key))}"
     if "labels" in record:
         ours = list(label_columns(data.get("labels", "gz2")))
         if record["labels"] != ours:
