@@ -65,7 +65,9 @@ class Model:
         say which), ``fits`` (gzoo.fits.FitsOptions or its fields as a dict: the checkpoint's own, but for what is given), ``file_column``/``id_column``, ``carry``
         (columns of a catalogue or DataFrame to copy), ``outputs="both"`` (the embedding too), ``progress``,
         ``uncertainty="dropout"`` (or "views", "both" with tta >= 2: each answer's spread, Class1.1_std ..., and the
-        calibrated intervals of ``intervals=[90]``, Class1.1_lo90 / Class1.1_hi90 ...; see gzoo.uncertainty), ``samples``.
+        calibrated intervals of ``intervals=[90]``, Class1.1_lo90 / Class1.1_hi90 ...; see gzoo.uncertainty), ``samples``,
+        ``thin_labels="nan"`` (answers trained on fewer than ``min_labels`` known values, 100, written as NaN rather than
+        named; see gzoo.label_counts).
         ``root``: the folder relative paths of a list or DataFrame are read from (default: the working folder;
         a catalogue file's: its own folder). A list of arrays gives ids 0..N-1 in the column "index".
 

@@ -1,4 +1,5 @@
-"""Lightning callbacks of gzoo: per-step seeds (exact resume), the weights' moving average and the validation gallery in TensorBoard."""
+"""Lightning callbacks of gzoo: per-step seeds (exact resume), the weights' moving average, the training labels' counts
+in every checkpoint and the validation gallery in TensorBoard."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch.optim.swa_utils import get_ema_avg_fn
 
 from gzoo import schema
 from gzoo.data import seed_of
+from gzoo.label_counts import KEY as LABEL_COUNTS
 
 Q1 = schema.QUESTIONS[0]
 Q1_SLICE = slice(0, len(Q1.answers))
@@ -81,6 +83,17 @@ class EpochHistory(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epochs = [dict(e) for e in state_dict.get("epochs", [])]
+
+
+class RecordLabelCounts(L.Callback):
+    """Writes how many known values each label column had in the training split (gzoo.label_counts.record) into every
+    checkpoint, under "gzoo_label_counts": best.ckpt and last.ckpt alike, and those of a resumed run (same split)."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[LABEL_COUNTS] = {k: list(v) if isinstance(v, list) else v for k, v in self.record.items()}
 
 
 class ValidationGallery(L.Callback):

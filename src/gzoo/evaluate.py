@@ -24,6 +24,10 @@ for other data): report.json, report.md, rmse_per_answer.png, pred_vs_true.png, 
 (expected against observed coverage), and tensorboard/ (`tensorboard --logdir <out>/tensorboard`); with
 predictions=FILE.csv or FILE.parquet (the format by the extension) also each galaxy's predictions, the id then
 the run's label columns (and with predictions_spread=true each answer's spread, Class1.1_std ...).
+
+Answers known for fewer than 100 galaxies of the run's training split (gzoo.label_counts: the checkpoint's record, or
+for an older checkpoint counted in the run's training split) are named in the report and the log, and the tree
+inconsistency is given also over the questions whose answers and parent answer all rest on enough labels.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from gzoo import schema
+from gzoo import label_counts, schema
 from gzoo.config import REQUIRED, option, run_tool
 from gzoo.data import MISSING_LABEL_MODES, PARTS, GalaxyZooDataModule
 from gzoo.data.split import split_mismatch, split_record
@@ -275,11 +279,39 @@ def in_training_sentence(d: dict) -> str:
     )
 
 
+def _tree(t: dict) -> str:
+    return f"{_number(t['max_abs'], 3)} / {_number(t['mean_abs'], 4)}"
+
+
+def thin_markdown(counts: dict | None) -> list[str]:
+    """report.md's paragraph on the answers that rest on too few labels (none when there are none, or they are unknown)."""
+    if not counts or not counts["thin"]:
+        return []
+    where = "as the checkpoint records" if counts["counted_from"] == "checkpoint" else "counted in the run's training split: the checkpoint records none"
+    listed = ", ".join(f"{c} ({n})" for c, n in counts["thin"].items())
+    well = counts.get("well_labelled_questions")
+    tree = (
+        f" The tree inconsistency is given over all questions, and over the {len(well)} questions whose answers and parent answer "
+        f"rest on enough labels ({', '.join(well)}): a thin answer's number is mostly a guess, and so is its part of the tree's sums."
+        if well
+        else ""
+    )
+    return [
+        "## Answers that rest on few labels",
+        "",
+        f"{len(counts['thin'])} of the {len(counts['known'])} answers had fewer than {counts['min_labels']} known values among the run's "
+        f"{counts['train']} training galaxies ({where}): {listed}. The network predicts them all the same, mostly guessing; "
+        "their RMSE here rests on the few known cells of this split, and `python -m gzoo.predict thin_labels=nan` writes them as NaN." + tree,
+        "",
+    ]
+
+
 def write_markdown(path: Path, report: dict) -> None:
     d, base = report["data"], report["baseline"]
     ttas = list(report["model"])
     gz2 = schema.is_gz2(list(base["per_answer"]))  # the 37 answers: the tree and its questions; own labels: neither
-    tree = " tree inconsistency, max / mean abs |" if gz2 else ""
+    well = "well_labelled_questions" in report.get("label_counts", {})
+    tree = (" tree inconsistency, max / mean abs |" + (" same, well-labelled questions |" if well else "")) if gz2 else ""
     seen = in_training_sentence(d)
     lines = [
         f"# Evaluation of {report['checkpoint']}",
@@ -290,15 +322,17 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{seen[0].upper()}{seen[1:]}.",
         "",
         f"| predictions | RMSE |{tree} images/s |",
-        "|---|---|" + ("---|" if gz2 else "") + "---|",
+        "|---|---|" + ("---|" if gz2 else "") + ("---|" if gz2 and well else "") + "---|",
         *(
             f"| model, tta={n} | {r['rmse']:.5f} |"
             + (f" {r['tree_inconsistency']['max_abs']:.3f} / {r['tree_inconsistency']['mean_abs']:.4f} |" if gz2 else "")
+            + (f" {_tree(r['tree_inconsistency_well_labelled'])} |" if gz2 and well else "")
             + f" {r['images_per_second']:.1f} |"
             for n, r in report["model"].items()
         ),
-        f"| training mean | {base['rmse']:.5f} |" + (" |" if gz2 else "") + " |",
+        f"| training mean | {base['rmse']:.5f} |" + (" |" if gz2 else "") + (" |" if gz2 and well else "") + " |",
         "",
+        *thin_markdown(report.get("label_counts")),
     ]
     if gz2:
         lines += [
@@ -461,6 +495,14 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
         "model": {},
     }
     say(in_training_sentence(report["data"]))
+    thin = thin_report(o.ckpt, run_data)
+    well = label_counts.well_labelled_questions(thin["thin"])
+    if thin["thin"]:
+        report["label_counts"] = thin
+        if schema.is_gz2(data.columns) and well:
+            thin["well_labelled_questions"] = [f"Q{q.number}" for q in well]
+        said = label_counts.sentence(thin["thin"], len(data.columns), thin["min_labels"])
+        say(f"{said}: the report names them" + (f" and scores the tree also over the {len(well)} questions that rest on enough labels" if well else ""))
     preds, stds = {}, {}
     for n in o.tta:
         start = time.perf_counter()
@@ -473,6 +515,8 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
         report["model"][str(n)] = rmse_table(preds[n], true, data.columns) | {"images_per_second": len(ids) / seconds}
         if schema.is_gz2(data.columns):  # the decision tree applies to the 37 answers only
             report["model"][str(n)]["tree_inconsistency"] = schema.tree_inconsistency(preds[n])
+            if "well_labelled_questions" in report.get("label_counts", {}):  # thin answers' guesses left out of the tree's sums
+                report["model"][str(n)]["tree_inconsistency_well_labelled"] = schema.tree_inconsistency(preds[n], well)
         say(f"tta={n}: RMSE {report['model'][str(n)]['rmse']:.5f} (training-mean baseline {report['baseline']['rmse']:.5f})")
 
     best = max(o.tta)
@@ -492,6 +536,22 @@ def _score(o: EvaluateOptions, data: GalaxyZooDataModule, run_data: GalaxyZooDat
         o.predictions.parent.mkdir(parents=True, exist_ok=True)
         say(f"predictions (tta={best}) of {len(ids)} galaxies in {write_table(table, o.predictions, 'predictions', float_format='%.6f')}")
     return report
+
+
+def thin_report(ckpt: Path, run_data: GalaxyZooDataModule) -> dict:
+    """How many known values each label had in the run's training split, and those below gzoo.label_counts.MIN_KNOWN
+    ("thin"): the checkpoint's record, or for a checkpoint made before gzoo recorded it, counted from the run's
+    training split (the one its baseline is the mean of; the same gzoo.label_counts.record training writes)."""
+    counts, where = label_counts.of_checkpoint(ckpt), "checkpoint"
+    if counts is None:
+        counts, where = label_counts.record(run_data.columns, run_data.labels("train")), "training split"
+    return {
+        "counted_from": where,
+        "min_labels": label_counts.MIN_KNOWN,
+        "train": counts["train"],
+        "known": dict(zip(counts["columns"], counts["known"])),
+        "thin": label_counts.thin_columns(counts),
+    }
 
 
 def spreads_at(methods: list[str], tta: int, dropout: float) -> list[str]:
@@ -543,6 +603,8 @@ def write_report(out: Path, report: dict, pred: np.ndarray, true: np.ndarray, ti
             tb.add_scalar(f"eval/rmse/tta{n}", r["rmse"])
             if "tree_inconsistency" in r:
                 tb.add_scalar(f"eval/tree_inconsistency_max/tta{n}", r["tree_inconsistency"]["max_abs"])
+            if "tree_inconsistency_well_labelled" in r:
+                tb.add_scalar(f"eval/tree_inconsistency_max_well_labelled/tta{n}", r["tree_inconsistency_well_labelled"]["max_abs"])
             for q, value in r["per_question"].items():
                 tb.add_scalar(f"eval/rmse_{q}/tta{n}", value)
         for row in report.get("calibration", {}).get("rows", []):

@@ -10,10 +10,17 @@ column, GalaxyID (integers) or id_str (names), then the answers. ``images`` is t
 made from, each galaxy's image named <id> plus any suffix gzoo reads (see gzoo.images). Each tile
 shows the central ``crop`` of the image (0.5 = what the model sees; 1 = the whole frame). The
 default out is beside the predictions: <predictions>_gallery_<answer>.png.
+
+An answer that rests on too few labels (known for fewer than min_labels galaxies of the run's training split; see
+gzoo.label_counts) keeps its row, its title saying on how many: the row was asked for, the sheet keeps its layout
+for every model, and the title says not to trust it. They are known from ``ckpt=`` (the checkpoint that made the
+predictions) or, without it, from the record gzoo.predict keeps in a Parquet file; a CSV carries none. An answer
+with no values (gzoo.predict thin_labels=nan) is left out, and a line says so.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -29,6 +36,8 @@ from gzoo.data.catalog import galaxy_id
 from gzoo.errors import GzooError
 from gzoo.images import IMAGE_SUFFIXES, index_images, load_image
 from gzoo.io import table_suffix
+from gzoo.label_counts import MIN_KNOWN, OUTPUT_KEY, sentence, thin_columns
+from gzoo.label_counts import of_checkpoint as label_counts_of
 from gzoo.log import say
 from gzoo.schema import SEED_ANSWERS, answer_label
 from gzoo.transforms import central_crop
@@ -46,6 +55,8 @@ class GalleryOptions:
     k: int = option(16, "galaxies shown per answer", low=1)
     out: Path | None = option(None, "the PNG to write (default <predictions>_gallery_<answer>.png beside the predictions)")
     crop: float = option(0.5, "the central fraction of each image shown (0.5 = what the model sees; 1 = the whole frame)")
+    ckpt: Path | None = option(None, "the checkpoint that made the predictions: its answers trained on fewer than min_labels known values are marked")
+    min_labels: int = option(MIN_KNOWN, "with ckpt=, the known training values below which an answer's row is marked", low=0)
 
 
 def id_column_of(table: pd.DataFrame) -> str | None:
@@ -92,8 +103,35 @@ def image_of(found: dict, images: Path, gid) -> Path:
     return path
 
 
-def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1", k: int = 16, out: str | Path | None = None, crop: float = 0.5) -> Path:
-    """Draw the gallery PNG and return its path."""
+def thin_answers(predictions: Path, ckpt: Path | None = None, min_labels: int = MIN_KNOWN) -> tuple[dict[str, int], int] | None:
+    """The answers that rest on too few training labels, each with its count, and the threshold: from ``ckpt``'s
+    record when given, else from the record gzoo.predict keeps in a Parquet file; None when unknown (a CSV, a
+    checkpoint made before gzoo recorded the counts)."""
+    if ckpt is not None:
+        counts = label_counts_of(ckpt, "ckpt")
+        return None if counts is None else (thin_columns(counts, min_labels), min_labels)
+    if predictions.suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        record = json.loads((pq.read_schema(predictions).metadata or {})[OUTPUT_KEY.encode()])
+        return {str(c): int(n) for c, n in record["thin"].items()}, int(record["min_labels"])
+    except (KeyError, TypeError, ValueError):  # no record (made before gzoo kept one, or by another tool)
+        return None
+
+
+def gallery(
+    predictions: str | Path,
+    images: str | Path,
+    answer: str = "Class1.1",
+    k: int = 16,
+    out: str | Path | None = None,
+    crop: float = 0.5,
+    ckpt: str | Path | None = None,
+    min_labels: int = MIN_KNOWN,
+) -> Path:
+    """Draw the gallery PNG and return its path; answers that rest on too few labels are marked (:func:`thin_answers`)."""
     predictions, images = Path(predictions), Path(images)
     answers = list(SEED_ANSWERS) if answer == "seed" else [answer]
     if answers[0] not in schema.COLUMN_INDEX:
@@ -103,6 +141,20 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
     out = Path(out) if out else predictions.with_name(f"{predictions.stem}_gallery_{answer}.png")
     table = read_predictions(predictions, answers)
     id_column = table.columns[0]
+    empty = [c for c in answers if table[c].isna().all()]
+    if empty:  # nothing to rank: gzoo.predict thin_labels=nan wrote these answers as NaN
+        shown = ", ".join(empty)
+        if len(empty) == len(answers):
+            raise GzooError(
+                f"predictions file {predictions} holds no values for {shown} (gzoo.predict thin_labels=nan writes NaN for answers "
+                "that rest on too few training labels); choose another answer=, or predict with thin_labels=say."
+            )
+        say(f"left out {shown}: the predictions hold no values for {'it' if len(empty) == 1 else 'them'} (thin_labels=nan, too few training labels)")
+        answers = [c for c in answers if c not in empty]
+    thin, least = thin_answers(predictions, Path(ckpt) if ckpt else None, min_labels) or ({}, min_labels)
+    marked = {c: n for c, n in thin.items() if c in answers}
+    if marked:
+        say(f"{sentence(marked, len(answers), least)}: {'their rows are' if len(marked) > 1 else 'its row is'} marked")
     if not images.is_dir():
         raise GzooError(f"image folder {images} cannot be read (it is not a folder); images= must be the folder the predictions were made from.")
     found = index_images(images).by_id
@@ -116,9 +168,12 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
     draw = ImageDraw.Draw(sheet)
     title_font, caption_font = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
     for s, column in enumerate(answers):
-        top = top_k(table, column, k)
+        valued = table.dropna(subset=[column])
+        top = top_k(valued, column, k)
         y0 = s * section_h
-        draw.text((GAP, y0 + 5), f"{answer_label(column)}: top {len(top)} of {len(table)}", fill="black", font=title_font)
+        # A thin answer keeps its row, marked: the user asked for it, and the sheet keeps its layout for every model.
+        title = row_title(column, len(top), len(valued), marked.get(column))
+        draw.text((GAP, y0 + 5), title, fill="black" if column not in marked else "firebrick", font=title_font)
         for j, (gid, value) in enumerate(zip(top[id_column], top[column])):
             x, y = (j % cols) * cell_w + GAP // 2, y0 + TITLE + (j // cols) * cell_h
             draw.text((x, y + 2), caption(str(gid), value, caption_font), fill="black", font=caption_font)
@@ -126,6 +181,12 @@ def gallery(predictions: str | Path, images: str | Path, answer: str = "Class1.1
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def row_title(column: str, shown: int, of: int, labels: int | None = None) -> str:
+    """An answer's row title: ``Class3.1 bar through the centre? yes: top 16 of 79``, and for an answer that rests on
+    too few labels ``(only 6 training labels)``."""
+    return f"{answer_label(column)}: top {shown} of {of}" + (f"  (only {labels} training labels)" if labels is not None else "")
 
 
 def tile(path: Path, crop: float = 0.5, side: int = TILE) -> Image.Image:
@@ -213,7 +274,9 @@ def caption(gid: str, value: float, font) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_tool(lambda o: say(f"gallery in {gallery(o.predictions, o.images, o.answer, o.k, o.out, o.crop)}"), GalleryOptions, argv, __doc__)
+    return run_tool(
+        lambda o: say(f"gallery in {gallery(o.predictions, o.images, o.answer, o.k, o.out, o.crop, o.ckpt, o.min_labels)}"), GalleryOptions, argv, __doc__
+    )
 
 
 if __name__ == "__main__":

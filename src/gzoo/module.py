@@ -20,6 +20,7 @@ from gzoo.device import resolve_device
 from gzoo.device_augment import warp_on_device
 from gzoo.errors import GzooError, NonFiniteLossError
 from gzoo.fits import options_record
+from gzoo.label_counts import of_checkpoint as label_counts_of
 from gzoo.log import say
 from gzoo.metrics import MaskedRMSE, masked_mse, tree_cross_entropy
 from gzoo.net import GalaxyNet
@@ -140,6 +141,7 @@ class GalaxyZooModule(L.LightningModule):
         # The intervals' calibration belongs to these weights: read, never saved again (a checkpoint of weights trained
         # further gets its own at the end of its run; see gzoo.train.calibrate).
         self.net.calibration = checkpoint.get("gzoo_calibration")
+        self.net.label_counts = label_counts_of(checkpoint)  # the known training values per answer (None: made before gzoo recorded them)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """data.augment_on=device: a training batch's frames are warped here, on the device (device_augment.py)."""
@@ -200,7 +202,9 @@ NETWORK_KEYS |= {"crop_fraction": "data.crop_fraction"}
 #: records how FITS cutouts became images (gzoo.fits.FitsOptions; absent before gzoo recorded it: read as the GZ2 preset).
 #: best.ckpt may hold "gzoo_calibration" (gzoo.uncertainty.calibration: the scales of the answers' intervals, fitted on the
 #: validation split at the end of training; absent in a checkpoint made before, or without a validation split: then
-#: gzoo.predict writes spreads without intervals). Change the layout, and this
+#: gzoo.predict writes spreads without intervals). Every checkpoint may hold "gzoo_label_counts" (gzoo.label_counts: how many
+#: known values each label column had in the training split, {"columns", "known", "train"}; absent in a checkpoint made
+#: before gzoo recorded it: the counts are unknown, and predict, the gallery and evaluate say nothing of them). Change the layout, and this
 #: number goes up, with a rule in checkpoint_format for the formats it can still read.
 CHECKPOINT_FORMAT = 2
 

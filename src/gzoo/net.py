@@ -124,6 +124,7 @@ class GalaxyNet(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(self.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.std, dtype=torch.float32), persistent=False)
         self.calibration: dict | None = None  # the intervals' calibration a checkpoint holds (gzoo.uncertainty; set by loading one)
+        self.label_counts: dict | None = None  # the known training values per label a checkpoint holds (gzoo.label_counts; None: unknown)
 
     def features(self, x: torch.Tensor, brightness: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) images -> (B, F) pooled body features (uint8 images are normalised first)."""

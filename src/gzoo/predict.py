@@ -25,6 +25,9 @@ parts out; out=FOLDER/ keeps them as a Parquet dataset, out=FILE merges them int
 .parquet by its extension) when all are done (see gzoo.survey). An unreadable image is an error
 naming it; with on_bad_image=skip it is left out, listed at the end and in FILE.skipped.txt
 (_skipped.txt in a folder).
+
+An answer the checkpoint was trained on with fewer than min_labels (100) known values is named before the run;
+thin_labels=nan writes it as NaN instead (an empty cell in a CSV; see gzoo.label_counts and gzoo.survey).
 """
 
 from __future__ import annotations

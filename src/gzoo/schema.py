@@ -121,17 +121,18 @@ def tree_residuals(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def tree_inconsistency(values: np.ndarray) -> dict[str, float | dict[str, float]]:
+def tree_inconsistency(values: np.ndarray, questions: list[Question] | None = None) -> dict[str, float | dict[str, float]]:
     """Summary of how far a table of fractions is from tree-consistency.
 
     Returns ``max_abs`` (the worst |sum - parent| over all galaxies and questions),
     ``mean_abs`` and ``per_question`` (max |residual| per question, keyed "Q1".."Q11").
     Unknown (NaN) cells are ignored. A consistent table (real Kaggle rows) gives
-    ``max_abs`` of about 1e-6.
+    ``max_abs`` of about 1e-6. ``questions``: only those (default: all 11).
     """
-    res = np.abs(tree_residuals(values))
+    keep = [j for j, q in enumerate(QUESTIONS) if questions is None or q in questions]
+    res = np.abs(tree_residuals(values))[:, keep]
     known = ~np.isnan(res)
-    per_q = {f"Q{q.number}": float(res[known[:, j], j].max()) if known[:, j].any() else float("nan") for j, q in enumerate(QUESTIONS)}
+    per_q = {f"Q{QUESTIONS[j].number}": float(res[known[:, i], i].max()) if known[:, i].any() else float("nan") for i, j in enumerate(keep)}
     return {
         "max_abs": float(res[known].max()) if known.any() else float("nan"),
         "mean_abs": float(res[known].mean()) if known.any() else float("nan"),

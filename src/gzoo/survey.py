@@ -26,6 +26,13 @@ when the checkpoint holds a calibration of that spread at that tta (training mak
 the central intervals of ``intervals`` (``<answer>_lo90``, ``<answer>_hi90``), after the answers; the answers
 themselves are the same with or without it.
 
+Answers that rest on too few labels: a checkpoint records how many known values each answer had in training
+(gzoo.label_counts); those known fewer than ``min_labels`` times (100) are named before the run (``thin_labels=say``)
+or written as NaN, with their spreads and intervals (``thin_labels=nan``; an empty cell in a CSV, so a Kaggle
+submission, which needs every cell, is made with thin_labels=say). The output records them with their counts (the
+manifest and the Parquet metadata key ``gzoo_thin_labels``, kept in a merged FILE.parquet), so gzoo.gallery marks
+them. A checkpoint made before gzoo recorded the counts gives no such record, and nothing is said.
+
 Resume: the same command after a kill (SIGKILL, SIGTERM, a lost node) skips the parts that are done and does the
 rest; the output equals an uninterrupted run's (bit for bit on the CPU: a part's batches do not depend on what
 was done before). A rerun with another checkpoint or other options into the same output is refused, naming the
@@ -73,6 +80,7 @@ from gzoo.errors import GzooError, RunInterrupted
 from gzoo.fits import FitsOptions, cutout_of_row, has_band_columns, options_of_checkpoint, resolve_options
 from gzoo.inference import OUTPUTS, id_column_name, image_source, list_images, predict_arrays
 from gzoo.io import atomic_open, output_lock, write_failure
+from gzoo.label_counts import MIN_KNOWN, OUTPUT_KEY, output_record, sentence, thin_columns
 from gzoo.log import say, warn
 from gzoo.net import GalaxyNet
 from gzoo.uncertainty import LEVELS, METHODS, SAMPLES, bounds, stated_scales
@@ -146,6 +154,13 @@ class SurveyOptions:
         valid=lambda v: all(level in LEVELS for level in v),
         must=f"a list of levels (in %) among {', '.join(map(str, LEVELS))}",
     )
+    thin_labels: str = option(
+        "say",
+        "answers the checkpoint was trained on with fewer than min_labels known values (gzoo.label_counts): say = name them before the run; "
+        "nan = write them (and their spreads and intervals) as NaN, an empty cell in a CSV",
+        choices=("say", "nan"),
+    )
+    min_labels: int = option(MIN_KNOWN, "the known training values below which an answer rests on too few labels (see thin_labels)", low=0)
     fits: FitsOptions = field(default_factory=FitsOptions)  # how FITS cutouts become images: the checkpoint's, but for the fits.* given
 
 
@@ -292,6 +307,13 @@ def part_table(net: GalaxyNet, chunk: Chunk, id_name: str, id_type: pa.DataType,
     columns: dict[str, pa.Array] = {id_name: pa.array(ids, type=id_type)}
     carried = chunk.carry.filter(pa.array(good, type=pa.bool_())) if chunk.carry.num_columns else chunk.carry
     columns |= {name: carried.column(name).combine_chunks() for name in carried.column_names}
+    thin = thin_answers(net, o)
+    if "pred" in values and thin and o.thin_labels == "nan":  # the answers resting on too few labels: NaN, spreads and intervals too
+        at = [net.labels.index(c) for c in thin]
+        for key in ("pred", "std"):
+            if key in values:
+                values[key] = values[key].astype(np.float64)
+                values[key][:, at] = np.nan
     if "pred" in values:
         columns |= {label: pa.array(values["pred"][:, j].astype(np.float32)) for j, label in enumerate(net.labels)}
     if "std" in values:
@@ -302,7 +324,38 @@ def part_table(net: GalaxyNet, chunk: Chunk, id_name: str, id_type: pa.DataType,
             columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), feats.shape[1])
         else:
             columns |= {f"feature_{j}": pa.array(feats[:, j]) for j in range(feats.shape[1])}
-    return pa.table(columns), skipped
+    table = pa.table(columns)
+    record = thin_record(net, o)
+    if record is not None:  # kept in the merged Parquet: gzoo.gallery marks these answers' rows
+        table = table.replace_schema_metadata({OUTPUT_KEY.encode(): json.dumps(record).encode()})
+    return table, skipped
+
+
+def thin_answers(net: GalaxyNet, o: SurveyOptions) -> dict[str, int]:
+    """The written answers that rest on fewer than ``o.min_labels`` known training values, with their counts
+    (gzoo.label_counts); empty when the checkpoint holds no counts (made before gzoo recorded them) or no answers are written."""
+    if o.outputs == "embeddings":
+        return {}
+    return {c: n for c, n in thin_columns(net.label_counts, o.min_labels).items() if c in net.labels}
+
+
+def thin_record(net: GalaxyNet, o: SurveyOptions) -> dict | None:
+    """What the output records of the thin answers (gzoo.label_counts.output_record), or None when the counts are unknown."""
+    if net.label_counts is None or o.outputs == "embeddings":
+        return None
+    return output_record(thin_answers(net, o), o.min_labels, o.thin_labels)
+
+
+def say_thin(net: GalaxyNet, o: SurveyOptions) -> None:
+    """The answers that rest on too few labels, named once before the run (nothing when there are none, or the counts are unknown)."""
+    thin = thin_answers(net, o)
+    if not thin:
+        return
+    said = sentence(thin, len(net.labels), o.min_labels)
+    if o.thin_labels == "nan":
+        say(f"{said}: written as NaN (thin_labels=nan)")
+    else:
+        say(f"{said}: their numbers are mostly the network's guesses; thin_labels=nan writes them as NaN")
 
 
 def spread_columns(net: GalaxyNet, pred: np.ndarray, std: np.ndarray, o: SurveyOptions) -> dict[str, pa.Array]:
@@ -335,6 +388,7 @@ def check_spread(net: GalaxyNet, o: SurveyOptions) -> None:
 def run_parts(net: GalaxyNet, source: Source, o: SurveyOptions) -> Iterator[tuple[Chunk, pa.Table, list]]:
     """Every part of ``source``, in order, in memory: what the Python API returns when it is given no out."""
     check_spread(net, o)
+    say_thin(net, o)
     with tqdm(total=source.rows, desc=_bar_name(o), unit="img", disable=not o.progress) as bar:
         for chunk in source.chunks(o.part_size):
             table, skipped = part_table(net, chunk, source.id_name, source.id_type, o, bar)
@@ -371,6 +425,7 @@ def identity(o: SurveyOptions, checkpoint: str, source: Source) -> dict:
         "source_digest": source.digest,
         # only when asked, so that the parts of a run made before these options keep their fingerprint
         **({"uncertainty": o.uncertainty, "samples": o.samples, "intervals": list(o.intervals)} if o.uncertainty != "none" else {}),
+        **({"thin_labels": o.thin_labels, "min_labels": o.min_labels} if o.thin_labels != "say" and o.outputs != "embeddings" else {}),
     }
 
 
@@ -389,7 +444,7 @@ class Parts:
 
     def __init__(self, folder: Path, made_by: dict, rows: int, what: str, source: dict | None = None):
         self.folder, self.made_by, self.rows, self.what = folder, made_by, rows, what
-        self.source = source or {}  # where the images came from (galleries of the parts' galaxies read it); not part of made_by
+        self.source = source or {}  # where the images came from, the thin answers (galleries of the parts' galaxies read it); not part of made_by
         self.fingerprint = _fingerprint(made_by)
         self.count = math.ceil(rows / made_by["part_size"])
 
@@ -471,7 +526,9 @@ class Parts:
         """The parts, in order, as one table in ``out`` (.parquet or .csv), written atomically; returns its rows."""
         rows = 0
         if out.suffix.lower() == ".parquet":
-            schema = pq.read_schema(self.path(0)).remove_metadata()
+            schema = pq.read_schema(self.path(0))
+            kept = {k: v for k, v in (schema.metadata or {}).items() if k == OUTPUT_KEY.encode()}  # the thin answers, for gzoo.gallery
+            schema = schema.remove_metadata().with_metadata(kept) if kept else schema.remove_metadata()
             with atomic_open(out, "wb") as f, pq.ParquetWriter(f, schema) as writer:
                 for k in range(self.count):
                     table = pq.read_table(self.path(k)).replace_schema_metadata(None)
@@ -518,7 +575,11 @@ def run(o: SurveyOptions, what: str = "predictions") -> Path:
 
     net = load_net(o.ckpt, device).set_speed(channels_last=True)  # faster convolutions, on CPUs too (about 1.3x for b0)
     check_spread(net, o)
-    where = {"source": str(Path(o.images).expanduser().absolute()), "file_column": o.file_column}
+    say_thin(net, o)
+    where: dict[str, Any] = {"source": str(Path(o.images).expanduser().absolute()), "file_column": o.file_column}
+    thin = thin_record(net, o)
+    if thin is not None:  # the answers resting on too few labels, for the galleries of these predictions
+        where[OUTPUT_KEY] = thin
     parts = Parts(folder, identity(o, file_sha256(o.ckpt), source), source.rows, what, where)
     worker, workers = shard * world + rank, shards * world
     mine = [k for k in range(parts.count) if k % workers == worker]

@@ -30,8 +30,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gzoo import schema
-from gzoo.callbacks import EpochHistory, StepSeed, WeightEMA
+from gzoo import label_counts, schema
+from gzoo.callbacks import EpochHistory, RecordLabelCounts, StepSeed, WeightEMA
 from gzoo.config import fields as option_fields
 from gzoo.config import front_door
 from gzoo.config import shown as shown_value
@@ -250,6 +250,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     dm.setup()  # validates catalogue and images; raises GzooError before anything is written
     say(f"data: {len(dm.ids('train'))} train / {len(dm.ids('val'))} val / {len(dm.ids('test'))} test galaxies from {dm.root}")
+    counts = label_counts.record(dm.columns, dm.labels("train"))  # into every checkpoint; its thin answers said at the end
 
     init_from = Path(cfg.phase.init_from) if cfg.phase.init_from else None
     for folder in (init_from.parent, init_from.parent.parent) if init_from is not None and resume_from is None else ():
@@ -305,6 +306,7 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
     # callbacks=null, logger=null or ~logger: none of that group (the run's own callbacks below always run)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [StepSeed(cfg.seed), history]
     callbacks += [StopOnSignal(guard), RecordSplit(cfg.data)]  # a signal stops at a batch boundary; checkpoints record their split
+    callbacks += [RecordLabelCounts(counts)]  # ... and how many known values each answer had in training (gzoo.label_counts)
     callbacks += [WeightEMA(cfg.optim.ema)] if cfg.optim.get("ema", 0) > 0 else []  # the averaged weights are validated and saved
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):  # it refuses a run without a logger
@@ -368,6 +370,9 @@ def _train(cfg: DictConfig, guard: RunGuard) -> dict[str, Any]:
         )
     if "test/rmse" in metrics:
         say(f"test/rmse {metrics['test/rmse']:.5f} (baseline {metrics['test/rmse_baseline']:.5f})")
+    thin = label_counts.thin_columns(counts)
+    if thin:
+        say(f"{label_counts.sentence(thin, len(dm.columns), label_counts.MIN_KNOWN)}; python -m gzoo.predict thin_labels=nan writes them as NaN")
     say(f"outputs in {run_dir} (checkpoints/, tensorboard/, metrics.json); view with `tensorboard --logdir {run_dir.parent.parent}`")
     return metrics
 
