@@ -121,12 +121,15 @@ def draw(table: pd.DataFrame, total: int, path: Path, title: str) -> None:
         at = b * total**-c
         ax.plot(xs, b * xs**-c, ":", color="C0", label=f"power law through the points, {b:.3f}·N^-{c:.3f} (a guide)")
         ax.plot([total], [at], "o", mfc="none", color="C0")
-        ax.annotate(f"{at:.4f} at {total:,} (extrapolated)", (total, at), textcoords="offset points", xytext=(-150, -14), fontsize=8)
+        ax.annotate(f"{at:.4f} at {total:,} (extrapolated)", (total, at), textcoords="offset points", xytext=(-150, 8), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FormatStrFormatter("%.2f")  # RMSE as 0.13, not 1.3 x 10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("training galaxies")
     ax.set_ylabel("RMSE on the validation galaxies")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
@@ -141,7 +144,7 @@ def run(o: LearningCurveOptions, train_args: list[str]) -> pd.DataFrame:
     table = table_of(o, results)
     table.to_csv(o.out / "learning_curve.csv", index=False)
     png = o.png or o.out / "learning_curve.png"
-    draw(table, o.total, png, textwrap.fill("gzoo.train " + " ".join(train_args), 110))
+    draw(table, o.total, png, textwrap.fill("gzoo.train " + " ".join(train_args), 120))
     print(table.to_string(index=False))
     say(f"the table: {o.out / 'learning_curve.csv'}; the picture: {png}")
     return table
