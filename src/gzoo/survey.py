@@ -585,7 +585,7 @@ def run(o: SurveyOptions, what: str = "predictions") -> Path:
     mine = [k for k in range(parts.count) if k % workers == worker]
     share = f" (shard {shard}/{shards}" + (f", rank {rank}/{world}" if world > 1 else "") + ")" if workers > 1 else ""
     say(
-        f"{source.rows} galaxies from {o.images} in {parts.count} parts of {o.part_size}{share}: {net.timm_name} at {net.image_size} px on {next(net.parameters()).device}, tta={o.tta} -> {shown}"
+        f"{source.rows} galaxies from {o.images} in {parts.count} part{'s' if parts.count != 1 else ''} of {o.part_size}{share}: {net.timm_name} at {net.image_size} px on {next(net.parameters()).device}, tta={o.tta} -> {shown}"
     )
     with output_lock(folder / f"share-{worker}-of-{workers}", "out", overwrite=True):  # one run per share: a second is refused, naming the first
         parts.start(o.overwrite, shown)
@@ -676,7 +676,7 @@ def _say_done(parts: Parts, skipped: list, where: str) -> None:
         warn(
             f"left out {len(skipped)} unreadable images (on_bad_image=skip): {names}; the list is beside the output ({SKIPPED} in a folder, .skipped.txt beside a file)"
         )
-    say(f"all {parts.count} parts done ({parts.rows - len(skipped)} galaxies): {where}")
+    say(f"{f'all {parts.count} parts' if parts.count != 1 else 'the one part'} done ({parts.rows - len(skipped)} galaxies): {where}")
 
 
 def table_of(net: GalaxyNet, source: Source, o: SurveyOptions) -> tuple[pd.DataFrame, list]:
