@@ -55,3 +55,26 @@ def test_two_sizes_train_on_nested_galaxies_and_are_scored_on_the_same_validatio
     assert len(small.ids("train")) == 10 and set(small.ids("train")) < set(large.ids("train"))
     again = subprocess.run([sys.executable, "-m", "gzoo.tools.learning_curve", *args], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "done before" in again.stderr + again.stdout
+
+
+def test_a_size_stopped_midway_goes_on_from_its_last_checkpoint_or_starts_again(tmp_path, monkeypatch):
+    o = lc.LearningCurveOptions(sizes=[250, 500, 1000], out=tmp_path / "curve")
+    for size in (250, 500):  # both stopped before their metrics.json; only 250 had saved a checkpoint
+        run = lc.runs_of(o, size) / "lite0" / "finetune"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("name: x\n")
+    (lc.runs_of(o, 250) / "lite0/finetune/checkpoints/last.ckpt").write_bytes(b"weights")
+    commands = {}
+
+    def fake_train(command, **kwargs):  # records the command and finishes the run as gzoo.train would
+        size = int(next(a for a in command if a.startswith("data.train_limit=")).partition("=")[2])
+        commands[size] = command
+        run = lc.runs_of(o, size) / "lite0" / "finetune"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.json").write_text(json.dumps({"val/rmse": 0.15, "val/rmse_baseline": 0.18, "epochs": 3}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(lc.subprocess, "run", fake_train)
+    lc.run(o, ["model=lite0"])
+    assert commands[250][-1] == "resume=true" and commands[500][-1] == "overwrite=true"
+    assert not any(a in ("resume=true", "overwrite=true") for a in commands[1000])  # a size not started starts plainly

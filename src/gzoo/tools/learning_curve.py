@@ -8,10 +8,11 @@ training split, scored on the same validation galaxies, as a table and a picture
 Everything after ``--`` is passed to ``python -m gzoo.train`` as it is, once per size, with ``data.train_limit=N``
 (N of the split's training galaxies, drawn by data.split_seed and nested: a smaller set lies inside a larger one;
 the validation galaxies never change), ``name=curve_N`` and ``paths.output_root=<out>/runs``. A size whose run has
-finished already (its metrics.json) is read, not trained again, so a stopped curve is finished by rerunning it.
+finished already (its metrics.json) is read, not trained again, and one stopped midway goes on from its last.ckpt
+(resume=true), so a stopped curve is finished by rerunning the same command.
 
 Writes <out>/learning_curve.csv (one row per size: the best val/rmse, the 8-view TTA score when the run made one,
-the predict-the-training-mean baseline, epochs and minutes) and the picture (png=, default <out>/learning_curve.png):
+the predict-the-training-mean baseline, epochs and the minutes of the launch that finished the run) and the picture (png=, default <out>/learning_curve.png):
 val/rmse against training galaxies on log axes, with a power law through the points carried on to ``total`` galaxies
 (61,578: the Kaggle training set) as a dotted line, labelled as the guide it is, not a measurement.
 """
@@ -64,6 +65,7 @@ def train(o: LearningCurveOptions, size: int, train_args: list[str]) -> dict:
         say(f"{size} training galaxies: done before ({runs_of(o, size)}), val/rmse {metrics['val/rmse']:.5f}")
         return metrics
     command = [sys.executable, "-m", "gzoo.train", *train_args, f"data.train_limit={size}", f"name=curve_{size}", f"paths.output_root={o.out / 'runs'}"]
+    command += go_on(o, size)
     say(f"{size} training galaxies: {' '.join(command[1:])}")
     start = time.monotonic()
     done = subprocess.run(command)
@@ -75,6 +77,20 @@ def train(o: LearningCurveOptions, size: int, train_args: list[str]) -> dict:
     metrics["minutes"] = (time.monotonic() - start) / 60
     (next(runs_of(o, size).glob("*/*/metrics.json")).parent / "curve_minutes.txt").write_text(f"{metrics['minutes']:.2f}\n")
     return metrics
+
+
+def go_on(o: LearningCurveOptions, size: int) -> list[str]:
+    """What gzoo.train needs to go on with a size's run that was stopped before its metrics.json: resume=true from its
+    last.ckpt (the same weights an uninterrupted run reaches), or overwrite=true when it stopped before saving one
+    (gzoo.train keeps the feature cache); nothing for a size not started."""
+    started = sorted(runs_of(o, size).glob("*/*/config.yaml"))
+    if not started:
+        return []
+    if (started[0].parent / "checkpoints" / "last.ckpt").is_file():
+        say(f"{size} training galaxies: the run in {started[0].parent} was stopped; continuing it from its last.ckpt (resume=true)")
+        return ["resume=true"]
+    say(f"{size} training galaxies: the run in {started[0].parent} was stopped before its first checkpoint; starting it again (overwrite=true)")
+    return ["overwrite=true"]
 
 
 def table_of(o: LearningCurveOptions, results: dict[int, dict]) -> pd.DataFrame:
